@@ -1,0 +1,74 @@
+"""CPU forward speed of each Serpent variant on one image (issue: 512x512, fp32, 2 cores).
+
+Each variant runs in its own subprocess so that peak RSS is that variant's alone.
+
+    python benchmarks/cpu_forward.py                     # all variants, 512x512, 2 threads
+    python benchmarks/cpu_forward.py --size 256 --threads 4 --variants serpent-b --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def measure(variant: str, size: int, threads: int, repeats: int) -> dict[str, float | str | int]:
+    import torch
+
+    from serpent_cli import create_model
+    from serpent_cli.ops import resolve_backend
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_model(variant).eval()
+    image = torch.rand(1, 3, size, size)
+    times = []
+    with torch.inference_mode():
+        model(image)  # warm-up (allocator, kernel selection)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(image)
+            times.append(time.perf_counter() - start)
+    return {
+        "variant": variant,
+        "size": size,
+        "threads": threads,
+        "backend": resolve_backend("auto", "cpu"),
+        "median_s": sorted(times)[len(times) // 2],
+        "min_s": min(times),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["serpent-b", "serpent-l", "serpent-h"])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant in this process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.size, args.threads, args.repeats)))
+        return
+    rows = []
+    print(f"{'variant':<10} {'size':>5} {'median s':>9} {'min s':>7} {'peak RSS MiB':>13}")
+    for variant in args.variants:
+        cmd = [sys.executable, __file__, "--one", variant, "--size", str(args.size),
+               "--threads", str(args.threads), "--repeats", str(args.repeats)]
+        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        rows.append(row)
+        print(f"{variant:<10} {args.size:>5} {row['median_s']:>9.2f} {row['min_s']:>7.2f} {row['peak_rss_mib']:>13.0f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": platform.processor() or platform.machine(), "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The ``serpent`` command: a thin Typer layer that parses, calls the library, and prints.
+
+Each subcommand lives in its own module here; the work itself lives in the library
+modules (imageio, tiling, training, evaluation, benchmark, hub, ...).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from serpent_cli import __version__
+from serpent_cli.cli import bench, deblur, degrade, download, evaluate, export, models, train
+from serpent_cli.cli.common import error_line, verbosity
+from serpent_cli.errors import SerpentError
+
+app = typer.Typer(
+    name="serpent",
+    help="Restore blurred, noisy photos with the Serpent network (multi-scale selective state-space models).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"serpent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and warnings on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
+) -> None:
+    verbosity.quiet = quiet
+    verbosity.verbose = verbose
+
+
+app.command("deblur")(deblur.deblur_command)
+app.command("degrade")(degrade.degrade_command)
+app.command("train")(train.train_command)
+app.command("eval")(evaluate.evaluate_command)
+app.command("bench")(bench.bench_command)
+app.command("download")(download.download_command)
+app.command("models")(models.models_command)
+app.command("export")(export.export_command)
+
+
+def main() -> None:
+    """Entry point: run the app; user errors become one line and an exit code, never a traceback."""
+    try:
+        app(standalone_mode=True)
+    except SerpentError as exc:
+        error_line(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()  # reader went away (e.g. piped to head); nothing left to say
+        sys.exit(1)

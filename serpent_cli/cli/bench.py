@@ -1,0 +1,10 @@
+"""`serpent bench` (not built yet)."""
+
+from __future__ import annotations
+
+from serpent_cli.cli.common import not_built
+
+
+def bench_command() -> None:
+    """Not available in this version yet."""
+    not_built("bench")

@@ -1,0 +1,10 @@
+"""`serpent deblur` (not built yet)."""
+
+from __future__ import annotations
+
+from serpent_cli.cli.common import not_built
+
+
+def deblur_command() -> None:
+    """Not available in this version yet."""
+    not_built("deblur")

@@ -1,0 +1,10 @@
+"""`serpent degrade` (not built yet)."""
+
+from __future__ import annotations
+
+from serpent_cli.cli.common import not_built
+
+
+def degrade_command() -> None:
+    """Not available in this version yet."""
+    not_built("degrade")

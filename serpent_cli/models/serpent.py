@@ -1,0 +1,217 @@
+"""The Serpent network (Sepehri, Fabian, Soltanolkotabi): a U-Net of VSS blocks.
+
+Layout and every size decision are in DESIGN.md section 2.  Activations are kept
+channels-last, (B, H, W, C), as in VMamba, because every layer except the patchifier
+and the depthwise conv is a Linear or LayerNorm over the channel axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from serpent_cli.config import SerpentConfig
+from serpent_cli.ops import selective_scan
+
+NUM_DIRECTIONS = 4
+
+
+def unroll_four_ways(x: torch.Tensor) -> torch.Tensor:
+    """(B, E, H, W) -> (B, 4, E, H*W): row-major, column-major and both reversed."""
+    row = x.flatten(2)
+    col = x.transpose(2, 3).flatten(2)
+    return torch.stack([row, col, row.flip(-1), col.flip(-1)], dim=1)
+
+
+def merge_four_ways(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`unroll_four_ways`, summing the directions: (B, 4, E, L) -> (B, E, H, W)."""
+    b, _, e, _ = y.shape
+    row = y[:, 0] + y[:, 2].flip(-1)
+    col = y[:, 1] + y[:, 3].flip(-1)
+    col = col.view(b, e, width, height).transpose(2, 3)
+    return row.view(b, e, height, width) + col
+
+
+class SS2D(nn.Module):
+    """Four-direction selective scan over a 2-D feature map (VMamba's SS2D)."""
+
+    def __init__(self, channels: int, config: SerpentConfig) -> None:
+        super().__init__()
+        inner = config.expand * channels
+        self.inner = inner
+        self.n_state = config.state_size(channels)
+        self.dt_rank = config.dt_rank(channels)
+        self.in_proj = nn.Linear(channels, 2 * inner, bias=False)
+        self.conv = nn.Conv2d(inner, inner, config.d_conv, padding=config.d_conv // 2, groups=inner)
+        k = NUM_DIRECTIONS
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * self.n_state, inner))
+        self.dt_proj_weight = nn.Parameter(torch.empty(k, inner, self.dt_rank))
+        self.dt_proj_bias = nn.Parameter(torch.empty(k, inner))
+        self.A_log = nn.Parameter(torch.empty(k * inner, self.n_state))
+        self.D = nn.Parameter(torch.empty(k * inner))
+        self.out_norm = nn.LayerNorm(inner, eps=config.norm_eps)
+        self.out_proj = nn.Linear(inner, channels, bias=False)
+        self._dt_range = (config.dt_min, config.dt_max)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba's initialisation: S4D-real A, softplus(dt bias) log-uniform in [dt_min, dt_max]."""
+        nn.init.uniform_(self.x_proj_weight, -self.inner**-0.5, self.inner**-0.5)
+        nn.init.uniform_(self.dt_proj_weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        dt_min, dt_max = self._dt_range
+        dt = torch.exp(torch.rand(self.dt_proj_bias.shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=1e-4)
+        self.dt_proj_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log.copy_(torch.log(torch.arange(1, self.n_state + 1, dtype=torch.float32)).expand_as(self.A_log))
+        self.D.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        length = h * w
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = F.silu(self.conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W)
+        xs = unroll_four_ways(x)  # (B, 4, E, L)
+        x_dbl = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.n_state, self.n_state], dim=2)
+        dts = torch.einsum("bkrl,ker->bkel", dts, self.dt_proj_weight)
+        y = selective_scan(
+            xs.reshape(b, -1, length),
+            dts.reshape(b, -1, length),
+            -torch.exp(self.A_log.float()),
+            Bs.contiguous(),
+            Cs.contiguous(),
+            self.D.float(),
+            delta_bias=self.dt_proj_bias.reshape(-1).float(),
+            delta_softplus=True,
+        )
+        y = merge_four_ways(y.view(b, NUM_DIRECTIONS, self.inner, length), h, w)
+        y = self.out_norm(y.permute(0, 2, 3, 1))
+        return self.out_proj(y * F.silu(z))
+
+
+class VSSBlock(nn.Module):
+    """x + SS2D(LayerNorm(x))."""
+
+    def __init__(self, channels: int, config: SerpentConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=config.norm_eps)
+        self.ss2d = SS2D(channels, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ss2d(self.norm(x))
+
+
+class SBlock(nn.Module):
+    """S-block B: a stack of n VSS blocks at one scale."""
+
+    def __init__(self, channels: int, config: SerpentConfig) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(VSSBlock(channels, config) for _ in range(config.blocks_per_stage)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class PatchMerging(nn.Module):
+    """2x2 space-to-channel, LayerNorm, Linear 4c -> 2c."""
+
+    def __init__(self, channels: int, config: SerpentConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * channels, eps=config.norm_eps)
+        self.reduction = nn.Linear(4 * channels, 2 * channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = rearrange(x, "b (h p1) (w p2) c -> b h w (p1 p2 c)", p1=2, p2=2)
+        return self.reduction(self.norm(x))
+
+
+class PatchExpanding(nn.Module):
+    """Linear c -> 2c, then 2x2 channel-to-space giving c/2 channels at twice the size."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.expand = nn.Linear(channels, 2 * channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.expand(x), "b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=2, p2=2)
+
+
+class DecoderStage(nn.Module):
+    """S-block U: expand, fuse the skip (concat + Linear c -> c/2), then S-block B."""
+
+    def __init__(self, channels: int, config: SerpentConfig) -> None:
+        super().__init__()
+        out = channels // 2
+        self.expand = PatchExpanding(channels)
+        self.fuse = nn.Linear(2 * out, out)
+        self.block = SBlock(out, config)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.fuse(torch.cat([self.expand(x), skip], dim=-1))
+        return self.block(x)
+
+
+class Serpent(nn.Module):
+    """Serpent restoration network; maps a degraded RGB image to its restoration."""
+
+    def __init__(self, config: SerpentConfig) -> None:
+        super().__init__()
+        self.config = config
+        p, dim = config.patch_size, config.embed_dim
+        self.patchify = nn.Conv2d(config.in_chans, dim, kernel_size=p, stride=p)
+        self.encoders = nn.ModuleList(SBlock(config.channels(s), config) for s in range(config.num_scales - 1))
+        self.merges = nn.ModuleList(PatchMerging(config.channels(s), config) for s in range(config.num_scales - 1))
+        self.bottleneck = SBlock(config.channels(config.num_scales - 1), config)
+        self.decoders = nn.ModuleList(
+            DecoderStage(config.channels(s), config) for s in reversed(range(1, config.num_scales))
+        )
+        self.out_norm = nn.LayerNorm(dim, eps=config.norm_eps)
+        self.head = nn.Linear(dim, config.in_chans * p * p)
+        self.apply(_init_linear)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) of any size -> same shape; reflect-padded internally to a multiple of P*8."""
+        _, _, height, width = image.shape
+        x = _pad_to_multiple(image, self.config.pad_multiple)
+        feats = self.patchify(x).permute(0, 2, 3, 1)
+        skips = []
+        for block, merge in zip(self.encoders, self.merges):
+            feats = block(feats)
+            skips.append(feats)
+            feats = merge(feats)
+        feats = self.bottleneck(feats)
+        for decoder, skip in zip(self.decoders, reversed(skips)):
+            feats = decoder(feats, skip)
+        out = self.head(self.out_norm(feats)).permute(0, 3, 1, 2)
+        out = F.pixel_shuffle(out, self.config.patch_size)
+        return (x + out)[:, :, :height, :width]
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad bottom/right to a multiple; falls back to replicate where reflect cannot reach."""
+    _, _, h, w = image.shape
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return image
+    if ph < h and pw < w:
+        return F.pad(image, (0, pw, 0, ph), mode="reflect")
+    # Tiny images: reflect padding must be smaller than the side, so pad in rounds.
+    while ph or pw:
+        step_h, step_w = min(ph, image.shape[2] - 1), min(pw, image.shape[3] - 1)
+        if step_h == 0 and step_w == 0:
+            return F.pad(image, (0, pw, 0, ph), mode="replicate")
+        image = F.pad(image, (0, step_w, 0, step_h), mode="reflect")
+        ph, pw = ph - step_h, pw - step_w
+    return image

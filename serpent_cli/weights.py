@@ -1,0 +1,154 @@
+"""Weights files: safetensors with the variant config as JSON in the header metadata.
+
+Only safetensors is ever read (never pickle), and the header is validated before any
+tensor is touched, so a foreign or corrupt file is one clear error, not a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from serpent_cli.config import CONFIG_FORMAT_VERSION, VARIANTS, SerpentConfig
+from serpent_cli.errors import WeightsError
+
+FORMAT_NAME = "serpent-weights"
+FORMAT_VERSION = "1"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def bundled_weights_dir() -> Path:
+    """Where weights shipped with the package live (wheel: serpent_cli/_weights; checkout: weights/)."""
+    packaged = Path(__file__).resolve().parent / "_weights"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, after checking it really is one."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise WeightsError(f"{path}: not a safetensors file (too short)")
+            (size,) = struct.unpack("<Q", head)
+            if size <= 0 or size > MAX_HEADER_BYTES or size + 8 > path.stat().st_size:
+                raise WeightsError(f"{path}: not a safetensors file (bad header length); is it a pickle or truncated?")
+            header = json.loads(fh.read(size))
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {path}") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{path} is a directory, not a weights file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WeightsError(f"{path}: not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: not a safetensors file (unreadable header)")
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def read_config(path: Path) -> SerpentConfig:
+    """The variant config stored in a weights file."""
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT_NAME or "config" not in meta:
+        raise WeightsError(f"{path}: not a serpent weights file (no serpent config in its metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise WeightsError(
+            f"{path}: weights format version {meta.get('format_version')!r} is not supported "
+            f"(this serpent reads version {FORMAT_VERSION}); upgrade serpent"
+        )
+    try:
+        return SerpentConfig.from_json(meta["config"])
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: invalid config in weights metadata: {exc}") from None
+
+
+def save_model(
+    model: nn.Module,
+    path: Path,
+    *,
+    dtype: torch.dtype | None = torch.float16,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and config atomically (temporary file + rename)."""
+    config: SerpentConfig = model.config  # type: ignore[assignment]
+    tensors = {
+        k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config_version": str(CONFIG_FORMAT_VERSION),
+        "config": config.to_json(),
+    }
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: Path, *, expected_name: str | None = None) -> nn.Module:
+    """Build the network a weights file describes and load it, strictly (fp32 on CPU)."""
+    from serpent_cli.models.serpent import Serpent
+
+    path = Path(path)
+    config = read_config(path)
+    expected = VARIANTS.get(expected_name or "")
+    if expected is not None and expected.patch_size != config.patch_size:
+        raise WeightsError(
+            f"{path}: holds a {config.name} (patch size {config.patch_size}), not a {expected_name}; "
+            f"pick the matching --model or leave --model out"
+        )
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read tensors ({exc}); the file may be truncated or corrupt") from None
+    model = Serpent(config)
+    wanted = model.state_dict()
+    missing = sorted(set(wanted) - set(state))
+    unexpected = sorted(set(state) - set(wanted))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: tensors do not match {config.name} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected); is it another architecture?"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != wanted[key].shape:
+            raise WeightsError(
+                f"{path}: tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(wanted[key].shape)}"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WeightsError(f"{path}: tensor {key} holds NaN or inf values; the file is corrupt")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.eval()
+
+
+def resolve_pretrained(name: str) -> Path:
+    """Path of the registered weights for ``name``: bundled first. (The Hub registry extends this.)"""
+    path = bundled_weights_dir() / f"{name}.safetensors"
+    if not path.is_file():
+        raise WeightsError(
+            f"no trained weights for {name}: {path.name} is not in {bundled_weights_dir()}; "
+            f"pass --weights FILE or run 'serpent download {name}'"
+        )
+    return path

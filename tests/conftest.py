@@ -1,0 +1,30 @@
+"""Shared fixtures: real images from ../shared/data and small helpers for subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("SERPENT_TEST_DATA", REPO.parent / "shared" / "data"))
+
+# Tests share 2 cores with whatever else runs; keep torch from oversubscribing them.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"test images not found at {DATA}; set SERPENT_TEST_DATA to the shared data folder")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def serpent_cmd() -> list[str]:
+    """The installed console script, run as a real subprocess."""
+    exe = Path(sys.executable).with_name("serpent")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "serpent_cli"]

@@ -11,6 +11,7 @@ from torch import nn
 
 from serpent_cli.config import VARIANTS, SerpentConfig
 from serpent_cli.models.serpent import Serpent
+from serpent_cli.models.unet import UNet
 
 ModelFactory = Callable[..., nn.Module]
 _FACTORIES: dict[str, ModelFactory] = {}
@@ -34,6 +35,8 @@ def _serpent_factory(base: SerpentConfig) -> ModelFactory:
 
 for _name, _config in VARIANTS.items():
     register_model(_name, _serpent_factory(_config))
+for _width in (32, 64, 128):
+    register_model(f"unet-{_width}", lambda _w=_width, **kw: UNet(channels=_w, **kw))
 
 
 def create_model(
@@ -62,4 +65,4 @@ def create_model(
     return _FACTORIES[name](**overrides)
 
 
-__all__ = ["Serpent", "SerpentConfig", "create_model", "list_models", "register_model"]
+__all__ = ["Serpent", "SerpentConfig", "UNet", "create_model", "list_models", "register_model"]

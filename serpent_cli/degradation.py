@@ -1,0 +1,84 @@
+"""The benchmark degradation (DESIGN.md section 4): Gaussian blur + additive Gaussian noise.
+
+Used by `serpent degrade`, training (on the fly) and evaluation (seeded per file), so all
+three see exactly the same corruption.  Evaluation noise is drawn from a generator seeded
+by a stable hash of the image's relative path plus a global seed: the same numbers on
+every machine and every run, independent of file order or process count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """Blur kernel size / sigma and noise sigma on the [0, 1] scale."""
+
+    kernel_size: int = 61
+    blur_sigma: float = 3.0
+    noise_sigma: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel size must be a positive odd number, got {self.kernel_size}")
+        if self.blur_sigma < 0 or self.noise_sigma < 0:
+            raise ValueError("blur and noise sigmas must be >= 0")
+
+    def blur(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-channel separable Gaussian blur with reflect padding; (B, C, H, W) or (C, H, W)."""
+        if self.blur_sigma == 0 or self.kernel_size == 1:
+            return images
+        squeeze = images.dim() == 3
+        x = images.unsqueeze(0) if squeeze else images
+        k = gaussian_kernel_1d(self.kernel_size, self.blur_sigma, dtype=x.dtype, device=x.device)
+        c = x.shape[1]
+        x = _reflect_pad(x, self.kernel_size // 2)
+        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        return x.squeeze(0) if squeeze else x
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Blur then add noise. Not clipped: the network sees the true degradation."""
+        blurred = self.blur(images)
+        if self.noise_sigma == 0:
+            return blurred
+        noise = torch.randn(blurred.shape, generator=generator, dtype=torch.float32, device="cpu")
+        return blurred + (self.noise_sigma * noise).to(blurred.device, blurred.dtype)
+
+
+BENCHMARK = Degradation()
+
+
+def gaussian_kernel_1d(size: int, sigma: float, *, dtype: torch.dtype = torch.float32,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised 1-D Gaussian; the 2-D kernel is its outer product (separable)."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return (k / k.sum()).to(dtype=dtype, device=device)
+
+
+def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Reflect padding that also works when the image is smaller than the kernel radius."""
+    while pad > 0:
+        step = min(pad, x.shape[-1] - 1, x.shape[-2] - 1)
+        if step <= 0:
+            return F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        x = F.pad(x, (step, step, step, step), mode="reflect")
+        pad -= step
+    return x
+
+
+def stable_seed(key: str, seed: int = 0) -> int:
+    """A 63-bit seed from a string (e.g. a relative path) and a global seed, equal on every machine."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def seeded_generator(key: str, seed: int = 0) -> torch.Generator:
+    """CPU generator for the noise of one file; see :func:`stable_seed`."""
+    return torch.Generator().manual_seed(stable_seed(key, seed))

@@ -78,10 +78,12 @@ def _scan_segment(
     decay = torch.exp(d_t * A_t)  # (T, b, g, n, dg, nc)
     states = du_t * B_t
     if grad_mode:
-        rows, prods = [states[0]], [decay[0]]
+        # unbind (not indexing) so that autograd's backward is one stack, not T full-size scatters.
+        inputs, factors = states.unbind(0), decay.unbind(0)
+        rows, prods = [inputs[0]], [factors[0]]
         for t in range(1, chunk):
-            rows.append(torch.addcmul(states[t], rows[-1], decay[t]))
-            prods.append(prods[-1] * decay[t])
+            rows.append(torch.addcmul(inputs[t], rows[-1], factors[t]))
+            prods.append(prods[-1] * factors[t])
         states, prefix = torch.stack(rows), torch.stack(prods)
     else:
         for t in range(1, chunk):
@@ -91,10 +93,10 @@ def _scan_segment(
     # Carry across chunks: the true initial state of chunk c.
     h = h0
     starts = []
-    last_local, last_prefix = states[-1], prefix[-1]
+    last_local, last_prefix = states[-1].unbind(-1), prefix[-1].unbind(-1)
     for c in range(nc):
         starts.append(h)
-        h = torch.addcmul(last_local[..., c], last_prefix[..., c], h)
+        h = torch.addcmul(last_local[c], last_prefix[c], h)
     h_start = torch.stack(starts, dim=-1)  # (b, g, n, dg, nc)
     if grad_mode:
         states = states + prefix * h_start

@@ -110,11 +110,24 @@ def selective_scan(
     shape and dtype of ``u``.  Differentiable in every tensor argument.
     """
     _check_shapes(u, delta, A, B, C, D, delta_bias)
+    if u.device.type == "meta" or _counting():
+        # FLOP counting / shape-only runs: the registered op is visible to torch.utils.flop_counter.
+        from serpent_cli.ops.scan_op import selective_scan_op
+
+        return selective_scan_op(u, delta, A, B, C, D, delta_bias, delta_softplus)
     name = resolve_backend(backend, u.device)
     fn = get_backend(name)
     if name == "mamba":
         return fn(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
     return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def _counting() -> bool:
+    """True inside ``serpent_cli.ops.scan_op.counting_scan()`` (cheap when the op was never imported)."""
+    import sys
+
+    scan_op = sys.modules.get("serpent_cli.ops.scan_op")
+    return scan_op is not None and scan_op.is_counting()
 
 
 def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,112 @@
+"""The models `serpent bench` compares: Serpent variants and the peers of DESIGN.md section 5.
+
+Peers are built with random initialisation (no downloads): FLOPs, memory and latency do
+not depend on the weights.  SwinIR and NAFNet come from spandrel's architecture classes,
+so they are exactly the networks people run through spandrel-based tools; spandrel is
+imported lazily, and only when one of those peers is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from serpent_cli.errors import SerpentError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarkable model: its name, a one-line description, and whether it needs spandrel."""
+
+    name: str
+    description: str
+    needs_spandrel: bool = False
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("serpent-b", "Serpent, patch 4"),
+        ModelSpec("serpent-l", "Serpent, patch 2"),
+        ModelSpec("serpent-h", "Serpent, patch 1"),
+        ModelSpec("unet-32", "U-Net, 32 channels"),
+        ModelSpec("unet-64", "U-Net, 64 channels"),
+        ModelSpec("unet-128", "U-Net, 128 channels"),
+        ModelSpec("swinir-b", "SwinIR, embed 96, depths 6x6, heads 6, window 8, mlp 2", needs_spandrel=True),
+        ModelSpec("swinir-l", "SwinIR, embed 180, depths 6x6, heads 6, window 8, mlp 2", needs_spandrel=True),
+        ModelSpec("nafnet-32", "NAFNet, width 32, GoPro layout", needs_spandrel=True),
+    )
+}
+
+
+def spandrel_available() -> bool:
+    """Whether the spandrel peers can be built here (spandrel and its torchvision import)."""
+    try:
+        import spandrel  # noqa: F401
+    except Exception:  # ImportError, or torchvision built for another torch
+        return False
+    return True
+
+
+def _swinir(embed_dim: int) -> nn.Module:
+    from spandrel.architectures.SwinIR import SwinIR
+
+    # img_size only sets the precomputed attention mask; other sizes compute theirs on the fly.
+    return SwinIR(
+        img_size=64,
+        patch_size=1,
+        in_chans=3,
+        embed_dim=embed_dim,
+        depths=[6] * 6,
+        num_heads=[6] * 6,
+        window_size=8,
+        mlp_ratio=2.0,
+        upscale=1,
+        img_range=1.0,
+        upsampler="",
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
+
+
+def _nafnet32() -> nn.Module:
+    from spandrel.architectures.NAFNet import NAFNet
+
+    # NAFNet-GoPro-width32 (Chen et al. 2022): 17.1 M parameters, 16 GMACs at 256x256.
+    return NAFNet(img_channel=3, width=32, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 28], dec_blk_nums=[1, 1, 1, 1])
+
+
+_SPANDREL_BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    "swinir-b": lambda: _swinir(96),
+    "swinir-l": lambda: _swinir(180),
+    "nafnet-32": _nafnet32,
+}
+
+
+def build_model(name: str, *, meta: bool = False) -> nn.Module:
+    """A freshly initialised model by bench name, on the CPU or (``meta=True``) allocating nothing."""
+    if name not in MODELS:
+        raise SerpentError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if MODELS[name].needs_spandrel:
+        if not spandrel_available():
+            raise SerpentError(f"model {name} needs the spandrel package (pip install spandrel)")
+        # SwinIR's constructor calls .item(), which meta tensors refuse: build small on the CPU, then move.
+        model = _SPANDREL_BUILDERS[name]()
+        return model.to("meta") if meta else model
+    from serpent_cli.models import create_model
+
+    if meta:
+        with torch.device("meta"):
+            return create_model(name)
+    return create_model(name)
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameter count (works on meta tensors)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "count_params", "spandrel_available"]

@@ -8,6 +8,7 @@ imported lazily, and only when one of those peers is asked for.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,6 +87,24 @@ _SPANDREL_BUILDERS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def _meta_attention_masks(model: nn.Module) -> None:
+    """Shape-only Swin attention masks for meta runs.
+
+    SwinIR builds the shifted-window mask for any size other than its ``img_size`` on the CPU,
+    in every block, on every call (16 M elements per block at 512x512).  The mask is added to
+    the attention logits, which the flop counter does not count, so a meta tensor of the right
+    shape gives the same count without seconds of CPU work per block.
+    """
+    for module in model.modules():
+        if hasattr(module, "calculate_mask") and hasattr(module, "window_size"):
+            ws = module.window_size
+
+            def meta_mask(x_size: tuple[int, int], ws: int = ws) -> torch.Tensor:
+                return torch.empty((x_size[0] // ws) * (x_size[1] // ws), ws * ws, ws * ws, device="meta")
+
+            module.calculate_mask = meta_mask  # type: ignore[method-assign]
+
+
 def build_model(name: str, *, meta: bool = False) -> nn.Module:
     """A freshly initialised model by bench name, on the CPU or (``meta=True``) allocating nothing."""
     if name not in MODELS:
@@ -94,8 +113,13 @@ def build_model(name: str, *, meta: bool = False) -> nn.Module:
         if not spandrel_available():
             raise SerpentError(f"model {name} needs the spandrel package (pip install spandrel)")
         # SwinIR's constructor calls .item(), which meta tensors refuse: build small on the CPU, then move.
-        model = _SPANDREL_BUILDERS[name]()
-        return model.to("meta") if meta else model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.meshgrid indexing chatter from third-party code
+            model = _SPANDREL_BUILDERS[name]()
+        if meta:
+            model = model.to("meta")
+            _meta_attention_masks(model)
+        return model
     from serpent_cli.models import create_model
 
     if meta:

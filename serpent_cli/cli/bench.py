@@ -1,10 +1,221 @@
-"""`serpent bench` (not built yet)."""
+"""`serpent bench`: parse options, run :mod:`serpent_cli.benchmark`, print a table / JSON / plot."""
 
 from __future__ import annotations
 
-from serpent_cli.cli.common import not_built
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from serpent_cli.cli.common import info, out_console, warn
+from serpent_cli.errors import UsageError
+
+DEFAULT_RESOLUTIONS = [256, 512]
 
 
-def bench_command() -> None:
-    """Not available in this version yet."""
-    not_built("bench")
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated options and comma lists both work: ``-r 256 -r 512`` == ``-r 256,512``."""
+    return [part for value in values or [] for part in value.replace(",", " ").split() if part]
+
+
+def _ints(values: list[str], option: str) -> list[int]:
+    out = []
+    for value in values:
+        try:
+            out.append(int(value))
+        except ValueError:
+            raise UsageError(f"{option} takes whole numbers (pixels), got {value!r}") from None
+    return out
+
+
+def _sort_extra(extra: list[str], resolutions: list[str], models: list[str]) -> None:
+    """``--resolution 256 512 --models a b``: click leaves 512 and b over; put them where they belong."""
+    from serpent_cli.peers import MODELS
+
+    for token in extra:
+        if token.isdigit():
+            resolutions.append(token)
+        elif token in MODELS:
+            models.append(token)
+        else:
+            raise UsageError(f"unexpected argument {token!r}; see 'serpent bench --help'")
+
+
+def bench_command(
+    extra: Annotated[
+        list[str] | None,
+        typer.Argument(help="More sizes / model names after -r / -m (as in: -r 256 512 -m serpent-b unet-32).",
+                       show_default=False),
+    ] = None,
+    resolution: Annotated[
+        list[str] | None,
+        typer.Option("--resolution", "-r", help="Square input sizes in pixels, e.g. -r 256 512 [default: 256 512]."),
+    ] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option("--models", "-m", help="Models to compare [default: all that import here]."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="Inference precision: fp32, bf16 or fp16 (training steps are always fp32).")
+    ] = "fp32",
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Also time a training step.")] = True,
+    reference: Annotated[
+        str | None, typer.Option(help="Model the ratios are relative to [default: serpent-b].")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON to this file.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of FLOPs, latency and memory against resolution.")
+    ] = None,
+    flops_only: Annotated[
+        bool, typer.Option("--flops-only", help="Only parameters and FLOPs (no timing; any machine, seconds).")
+    ] = False,
+    tiles: Annotated[
+        bool, typer.Option("--tiles", help="Tile-size table for one --resolution: time and peak memory per tile.")
+    ] = False,
+    tile_sizes: Annotated[
+        list[str] | None, typer.Option("--tile-sizes", help="Tile sizes for --tiles (0 = untiled), e.g. 0,256,512.")
+    ] = None,
+    tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles for --tiles, pixels.")] = 32,
+    warmup: Annotated[int | None, typer.Option(help="Untimed calls first [default: 1 on CPU, 3 on GPU].")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed calls; the median is reported [default: 3 / 10].")] = None,
+    timeout: Annotated[float, typer.Option(help="CPU: give up on one measurement after this many seconds.")] = 600.0,
+) -> None:
+    """Serpent against its peers: params, GFLOPs, latency, peak memory, throughput, ratios."""
+    from serpent_cli.benchmark import BenchOptions, default_models, default_tiles, run_bench, validate_options, write_json
+    from serpent_cli.device import resolve_device
+    from serpent_cli.peers import MODELS, spandrel_available
+
+    res_tokens, model_tokens = _split(resolution), _split(models)
+    _sort_extra(list(extra or []), res_tokens, model_tokens)
+    resolutions = _ints(res_tokens, "--resolution") or ([1024] if tiles else list(DEFAULT_RESOLUTIONS))
+    if model_tokens:
+        missing = [m for m in model_tokens if m in MODELS and MODELS[m].needs_spandrel]
+        if missing and not spandrel_available():
+            raise UsageError(f"{', '.join(missing)} need the spandrel package: pip install spandrel")
+        chosen = model_tokens
+    else:
+        chosen = default_models()
+        if len(chosen) < len(MODELS):
+            warn("spandrel is not installed: SwinIR and NAFNet peers left out (pip install spandrel)")
+    if plot is not None:
+        from serpent_cli.plotting import require_matplotlib
+
+        require_matplotlib()
+    options = validate_options(
+        BenchOptions(
+            models=chosen,
+            resolutions=resolutions,
+            device=resolve_device(device),
+            precision=precision.strip().lower(),
+            train=train,
+            reference=reference,
+            flops_only=flops_only,
+            warmup=warmup,
+            repeats=repeats,
+            timeout=timeout,
+            tiles=(_ints(_split(tile_sizes), "--tile-sizes") or None) if tiles else None,
+            overlap=tile_overlap,
+        )
+    )
+    if tiles and options.tiles is None:
+        options.tiles = default_tiles(options.resolutions[0])
+    if tile_sizes and not tiles:
+        raise UsageError("--tile-sizes only applies with --tiles")
+    result = run_bench(options, progress=info)
+    if output is not None:
+        write_json(result, str(output))
+        info(f"wrote {output}")
+    if plot is not None:
+        from serpent_cli.plotting import plot_results
+
+        plot_results(result, plot)
+        info(f"wrote {plot}")
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = tiles_table(result) if options.tiles is not None else results_table(result)
+    # A pipe or file gets the whole table rather than an 80-column squeeze.
+    out_console.print(table, width=None if out_console.is_terminal else 200)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f" [dim]×{value:.3g}[/dim]"
+
+
+def _measured(row: dict[str, Any], kind: str, what: str) -> str:
+    cell = row.get(kind)
+    if cell is None:
+        return "-"
+    if cell["status"] != "ok":
+        return {"oom": "OOM", "timeout": "timeout", "error": "error"}.get(cell["status"], cell["status"])
+    value = cell["ms"] if what == "ms" else cell["peak_mib"]
+    return _num(value) + _ratio(row["ratios"].get(f"{kind}_{what}"))
+
+
+def results_table(result: dict[str, Any]) -> Table:
+    """The side-by-side table: one row per model and resolution, ratios to the reference in dim."""
+    settings, env = result["settings"], result["environment"]
+    flops_only = settings["flops_only"]
+    table = Table(
+        title=f"serpent bench on {env['device']} ({env['device_name']}), torch {env['torch_version']}, "
+        f"scan backend {env['scan_backend']}",
+        caption=f"×N = value / {settings['reference']}'s value at the same size; "
+        + ("FLOPs counted on meta tensors" if flops_only else f"median of {settings['repeats']}, batch 1, "
+           f"inference {settings['precision']}, training fp32 + Adam"),
+    )
+    columns = ["model", "size", "params M", "GFLOPs"]
+    if not flops_only:
+        columns += ["infer ms", "infer MiB", "train ms", "train MiB", "MP/s"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for row in result["rows"]:
+        cells = [
+            row["model"],
+            str(row["resolution"]),
+            _num(row["params"] / 1e6) + _ratio(row["ratios"]["params"]),
+            _num(row["gflops"]) + _ratio(row["ratios"]["gflops"]),
+        ]
+        if not flops_only:
+            cells += [
+                _measured(row, "infer", "ms"),
+                _measured(row, "infer", "mib"),
+                _measured(row, "train", "ms"),
+                _measured(row, "train", "mib"),
+                _num(row.get("mp_per_s")) + _ratio(row["ratios"]["mp_per_s"]),
+            ]
+        table.add_row(*cells)
+    return table
+
+
+def tiles_table(result: dict[str, Any]) -> Table:
+    """Tile-size table: time and peak memory per tile size for one image size."""
+    rows = result.get("tiles", [])
+    res = rows[0]["resolution"] if rows else "?"
+    table = Table(title=f"tiled inference of a {res}x{res} image on {result['environment']['device']}")
+    for col in ("model", "tile", "tiles", "overlap", "ms", "peak MiB", "MP/s"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for row in rows:
+        ok = row["status"] == "ok"
+        status = {"oom": "OOM", "timeout": "timeout", "error": "error"}.get(row["status"], row["status"])
+        table.add_row(
+            row["model"],
+            str(row["tile"]) if row["tile"] else "none",
+            str(row["tiles"]),
+            str(row["overlap"]) if row["tile"] else "-",
+            _num(row["ms"]) if ok else status,
+            _num(row["peak_mib"]) if ok else "-",
+            _num(row["mp_per_s"]) if ok else "-",
+        )
+    return table

@@ -13,8 +13,9 @@ Method (why each choice):
   is too slow to pay per measurement).  On the CPU every measurement runs in its own child
   process, so one model's peak never pollutes another's, and the figure is the child's peak
   RSS minus its RSS just before the model is built (the peak is reset there on Linux, so
-  the interpreter and torch import are not in it; weights, inputs and activations are); the child's address space is capped so a model that does not fit fails with an
-  allocation error (an "OOM" cell) instead of pushing the machine into swap.
+  the interpreter and torch import are not in it; weights, inputs and activations are); the
+  child's address space is capped so a model that does not fit fails with an allocation
+  error (an "OOM" cell) instead of pushing the machine into swap.
 * Out of memory, a timeout or a crash is a cell ("OOM", "timeout", "error"), never an abort;
   after an OOM or timeout the larger resolutions of that model are not tried (same result).
 """
@@ -405,7 +406,8 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
                 "params": params,
                 "gflops": count_flops(meta_model, res).total / 1e9,
             }
-            kinds = [] if options.flops_only or options.tiles is not None else ["infer"] + (["train"] if options.train else [])
+            timed = not options.flops_only and options.tiles is None
+            kinds = (["infer", "train"] if options.train else ["infer"]) if timed else []
             for kind in kinds:
                 if (name, kind) in stopped:
                     row[kind] = _cell(Measurement(stopped[(name, kind)], error="larger size not tried"))

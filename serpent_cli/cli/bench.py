@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from serpent_cli.cli.common import info, out_console, warn
@@ -85,7 +87,7 @@ def bench_command(
     timeout: Annotated[float, typer.Option(help="CPU: give up on one measurement after this many seconds.")] = 600.0,
 ) -> None:
     """Serpent against its peers: params, GFLOPs, latency, peak memory, throughput, ratios."""
-    from serpent_cli.benchmark import BenchOptions, default_models, default_tiles, run_bench, validate_options, write_json
+    from serpent_cli import benchmark as bm
     from serpent_cli.device import resolve_device
     from serpent_cli.peers import MODELS, spandrel_available
 
@@ -98,15 +100,15 @@ def bench_command(
             raise UsageError(f"{', '.join(missing)} need the spandrel package: pip install spandrel")
         chosen = model_tokens
     else:
-        chosen = default_models()
+        chosen = bm.default_models()
         if len(chosen) < len(MODELS):
             warn("spandrel is not installed: SwinIR and NAFNet peers left out (pip install spandrel)")
     if plot is not None:
         from serpent_cli.plotting import require_matplotlib
 
         require_matplotlib()
-    options = validate_options(
-        BenchOptions(
+    options = bm.validate_options(
+        bm.BenchOptions(
             models=chosen,
             resolutions=resolutions,
             device=resolve_device(device),
@@ -122,12 +124,12 @@ def bench_command(
         )
     )
     if tiles and options.tiles is None:
-        options.tiles = default_tiles(options.resolutions[0])
+        options.tiles = bm.default_tiles(options.resolutions[0])
     if tile_sizes and not tiles:
         raise UsageError("--tile-sizes only applies with --tiles")
-    result = run_bench(options, progress=info)
+    result = bm.run_bench(options, progress=info)
     if output is not None:
-        write_json(result, str(output))
+        bm.write_json(result, str(output))
         info(f"wrote {output}")
     if plot is not None:
         from serpent_cli.plotting import plot_results
@@ -139,7 +141,8 @@ def bench_command(
         return
     table = tiles_table(result) if options.tiles is not None else results_table(result)
     # A pipe or file gets the whole table rather than an 80-column squeeze.
-    out_console.print(table, width=None if out_console.is_terminal else 200)
+    console = out_console if out_console.is_terminal else Console(file=sys.stdout, width=220, highlight=False)
+    console.print(table)
 
 
 def _num(value: float | None) -> str:

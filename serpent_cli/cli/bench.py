@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,6 +44,17 @@ def _sort_extra(extra: list[str], resolutions: list[str], models: list[str]) -> 
             models.append(token)
         else:
             raise UsageError(f"unexpected argument {token!r}; see 'serpent bench --help'")
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output path we could not write at the end, before spending minutes measuring."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {path}: folder {parent} is not writable")
 
 
 def bench_command(
@@ -103,6 +115,9 @@ def bench_command(
         chosen = bm.default_models()
         if len(chosen) < len(MODELS):
             warn("spandrel is not installed: SwinIR and NAFNet peers left out (pip install spandrel)")
+    for option, path in (("--output", output), ("--plot", plot)):
+        if path is not None:
+            _check_writable(path, option)
     if plot is not None:
         from serpent_cli.plotting import require_matplotlib
 

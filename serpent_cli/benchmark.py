@@ -41,7 +41,6 @@ import torch.nn.functional as F
 
 from serpent_cli import __version__
 from serpent_cli.errors import SerpentError, UsageError
-from serpent_cli.flops import count_flops
 from serpent_cli.peers import MODELS, build_model, count_params
 
 KINDS = ("infer", "train", "tile")
@@ -279,7 +278,7 @@ class BenchOptions:
     warmup: int | None = None
     repeats: int | None = None
     timeout: float | None = 600.0
-    tiles: list[int] | None = None  # --tiles: tile sizes to try (0 = untiled)
+    tiles: list[int] | None = None  # --tiles: tile sizes to try (0 = untiled; [] = default sizes)
     overlap: int = 32
 
 
@@ -333,6 +332,7 @@ def validate_options(options: BenchOptions) -> BenchOptions:
         too_small = [t for t in options.tiles if 0 < t <= 2 * options.overlap]
         if too_small:
             raise UsageError(f"tile {too_small[0]} must be larger than twice the overlap ({options.overlap})")
+        options.tiles = list(dict.fromkeys(options.tiles)) or default_tiles(options.resolutions[0])
     if options.warmup is None:
         options.warmup = 3 if options.device.type == "cuda" else 1
     if options.repeats is None:
@@ -377,6 +377,8 @@ def _cell(m: Measurement) -> dict[str, Any]:
 
 def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the whole benchmark; returns the JSON-ready result (rows, plus tiles with --tiles)."""
+    from serpent_cli.flops import count_flops
+
     say = progress or (lambda _msg: None)
     memory_limit = int(available_memory_mib() * 0.85) if options.device.type == "cpu" else 0
     result: dict[str, Any] = {

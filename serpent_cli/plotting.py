@@ -1,6 +1,6 @@
 """`serpent bench --plot`: FLOPs, latency and memory against resolution, one line per model.
 
-matplotlib is an optional extra (``pip install 'serpent-cli[plot]'``); without it ``--plot``
+matplotlib is an optional extra (``pip install 'serpent-cli[plot]'`` or ``pip install matplotlib``); without it ``--plot``
 fails up front with one line saying so, before any measuring starts.
 """
 
@@ -31,7 +31,7 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise SerpentError("--plot needs matplotlib: pip install 'serpent-cli[plot]'") from None
+        raise SerpentError("--plot needs matplotlib (the optional 'plot' extra): pip install matplotlib") from None
 
 
 def _series(rows: list[dict[str, Any]], model: str, getter: Any) -> tuple[list[int], list[float]]:

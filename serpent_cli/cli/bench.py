@@ -115,6 +115,8 @@ def bench_command(
         chosen = bm.default_models()
         if len(chosen) < len(MODELS):
             warn("spandrel is not installed: SwinIR and NAFNet peers left out (pip install spandrel)")
+    if tile_sizes and not tiles:
+        raise UsageError("--tile-sizes only applies with --tiles")
     for option, path in (("--output", output), ("--plot", plot)):
         if path is not None:
             _check_writable(path, option)
@@ -134,14 +136,10 @@ def bench_command(
             warmup=warmup,
             repeats=repeats,
             timeout=timeout,
-            tiles=(_ints(_split(tile_sizes), "--tile-sizes") or None) if tiles else None,
+            tiles=_ints(_split(tile_sizes), "--tile-sizes") if tiles else None,  # [] = default sizes
             overlap=tile_overlap,
         )
     )
-    if tiles and options.tiles is None:
-        options.tiles = bm.default_tiles(options.resolutions[0])
-    if tile_sizes and not tiles:
-        raise UsageError("--tile-sizes only applies with --tiles")
     result = bm.run_bench(options, progress=info)
     if output is not None:
         bm.write_json(result, str(output))

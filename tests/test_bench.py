@@ -1,0 +1,130 @@
+"""`serpent bench` as a user runs it: real subprocesses, real (tiny) timings, JSON / PNG / tables checked."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+
+def run(cmd: list[str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cmd, "bench", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_flops_only_json(serpent_cmd: list[str]) -> None:
+    models = ["serpent-b", "serpent-l", "unet-32"]  # SwinIR / NAFNet figures: tests/test_flops.py
+    proc = run(serpent_cmd, "--flops-only", "--json", "-r", "64", "128", "-m", *models)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    env = result["environment"]
+    assert env["device"] == "cpu" and env["torch_version"] and env["scan_backend"] == "torch"
+    rows = {(r["model"], r["resolution"]): r for r in result["rows"]}
+    assert set(rows) == {(m, r) for m in models for r in (64, 128)}
+    for m in models:
+        assert rows[(m, 128)]["gflops"] == pytest.approx(4 * rows[(m, 64)]["gflops"], rel=0.02)
+        assert "infer" not in rows[(m, 64)]  # nothing timed
+    assert rows[("serpent-b", 64)]["ratios"]["gflops"] == 1.0  # default reference
+    ratio_l = rows[("serpent-l", 128)]["ratios"]["gflops"]
+    assert ratio_l == pytest.approx(rows[("serpent-l", 128)]["gflops"] / rows[("serpent-b", 128)]["gflops"])
+    assert 3.9 < ratio_l < 4.0
+    assert rows[("unet-32", 64)]["params"] / 1e6 == pytest.approx(7.76, rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def timed_run(serpent_cmd: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path, str]:
+    """One real timed run (inference + training step) of serpent-b and unet-32 at 32 px, with every output."""
+    out = tmp_path_factory.mktemp("bench")
+    png, js = out / "bench.png", out / "bench.json"
+    proc = run(
+        serpent_cmd, "-r", "32", "-m", "serpent-b", "unet-32", "--repeats", "2", "--warmup", "1",
+        "--json", "--plot", str(png), "--output", str(js),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), png, js, proc.stderr
+
+
+def test_timed_run_json(timed_run: tuple[dict, Path, Path, str]) -> None:
+    result, _png, js, stderr = timed_run
+    assert json.loads(js.read_text()) == result  # --output writes what --json prints
+    assert "Traceback" not in stderr
+    settings = result["settings"]
+    assert settings["repeats"] == 2 and settings["statistic"] == "median" and settings["train_precision"] == "fp32"
+    for row in result["rows"]:
+        assert row["resolution"] == 32
+        for kind in ("infer", "train"):
+            cell = row[kind]
+            assert cell["status"] == "ok", cell
+            assert len(cell["times_ms"]) == 2 and all(t > 0 for t in cell["times_ms"])
+            assert cell["ms"] == pytest.approx(statistics.median(cell["times_ms"]), rel=1e-3)
+            assert 0 < cell["peak_mib"] < 4096
+        # A training step (forward + backward + Adam) costs more time and memory than inference.
+        assert row["train"]["ms"] > row["infer"]["ms"]
+        assert row["train"]["peak_mib"] > row["infer"]["peak_mib"]
+        assert row["mp_per_s"] == pytest.approx(32 * 32 / 1e6 / (row["infer"]["ms"] / 1000))
+    rows = {r["model"]: r for r in result["rows"]}
+    assert rows["serpent-b"]["ratios"]["infer_ms"] == 1.0
+    assert rows["unet-32"]["ratios"]["train_mib"] == pytest.approx(
+        rows["unet-32"]["train"]["peak_mib"] / rows["serpent-b"]["train"]["peak_mib"]
+    )
+
+
+def test_plot_is_a_png(timed_run: tuple[dict, Path, Path, str]) -> None:
+    _result, png, _js, _stderr = timed_run
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+        assert im.width > 800 and im.height > 500
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 20  # lines and text, not a blank canvas
+    assert not list(png.parent.glob(".*tmp*"))  # atomic write left nothing behind
+
+
+def test_tiles_table(serpent_cmd: list[str], tmp_path: Path) -> None:
+    js = tmp_path / "tiles.json"
+    proc = run(
+        serpent_cmd, "--tiles", "-r", "96", "-m", "serpent-b", "--tile-sizes", "0,64", "--tile-overlap", "8",
+        "--repeats", "1", "--warmup", "0", "--output", str(js),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tiled inference of a 96x96 image" in proc.stdout
+    lines = [ln for ln in proc.stdout.splitlines() if "serpent-b" in ln]
+    assert len(lines) == 2 and "none" in lines[0] and " 64 " in lines[1]
+    tiles = json.loads(js.read_text())["tiles"]
+    assert [(t["tile"], t["tiles"], t["status"]) for t in tiles] == [(0, 1, "ok"), (64, 4, "ok")]
+    assert all(t["ms"] > 0 and t["peak_mib"] > 0 for t in tiles)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "serpent-b", "no-such-model", "-r", "abc"], "unexpected argument 'no-such-model'"),
+        (["--flops-only", "-r", "64", "-m", "serpent-b", "--reference", "unet-32"], "--reference unet-32 must be one"),
+        (["--tiles", "-r", "256", "512", "-m", "serpent-b"], "--tiles needs exactly one --resolution"),
+        (["--flops-only", "-m", "serpent-b", "--output", "/nonexistent-dir/x.json"], "does not exist"),
+    ],
+)
+def test_bad_options_one_line_exit_2(serpent_cmd: list[str], args: list[str], message: str) -> None:
+    proc = run(serpent_cmd, *args, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert proc.stdout == ""
+
+
+def test_missing_matplotlib_is_one_line(tmp_path: Path) -> None:
+    """--plot without the optional extra: a clear line before any measuring, exit 1, no file."""
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; "
+        f"sys.argv = ['serpent', 'bench', '--flops-only', '-m', 'serpent-b', '--plot', {str(tmp_path / 'p.png')!r}]; "
+        "from serpent_cli.cli import main; main()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert "--plot needs matplotlib" in proc.stderr and "pip install matplotlib" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "p.png").exists()

@@ -1,7 +1,7 @@
 """`serpent bench --plot`: FLOPs, latency and memory against resolution, one line per model.
 
-matplotlib is an optional extra (``pip install 'serpent-cli[plot]'`` or ``pip install matplotlib``); without it ``--plot``
-fails up front with one line saying so, before any measuring starts.
+matplotlib is an optional extra (``pip install 'serpent-cli[plot]'`` or ``pip install matplotlib``);
+without it ``--plot`` fails up front with one line saying so, before any measuring starts.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 
-
 def run(cmd: list[str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*cmd, "bench", *args], capture_output=True, text=True, timeout=timeout, check=False)
 

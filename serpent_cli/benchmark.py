@@ -280,6 +280,7 @@ class BenchOptions:
     timeout: float | None = 600.0
     tiles: list[int] | None = None  # --tiles: tile sizes to try (0 = untiled; [] = default sizes)
     overlap: int = 32
+    memory_limit_mib: int | None = None  # CPU: per-measurement allocation cap; None = 85% of available RAM
 
 
 def default_models() -> list[str]:
@@ -318,6 +319,8 @@ def validate_options(options: BenchOptions) -> BenchOptions:
     for name, value in (("--warmup", options.warmup), ("--repeats", options.repeats)):
         if value is not None and value < (0 if name == "--warmup" else 1):
             raise UsageError(f"{name} must be at least {0 if name == '--warmup' else 1}, got {value}")
+    if options.memory_limit_mib is not None and options.memory_limit_mib < 1:
+        raise UsageError(f"--memory-limit must be at least 1 MiB, got {options.memory_limit_mib}")
     if options.timeout is not None and options.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {options.timeout}")
     if options.tiles is not None:
@@ -380,7 +383,9 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
     from serpent_cli.flops import count_flops
 
     say = progress or (lambda _msg: None)
-    memory_limit = int(available_memory_mib() * 0.85) if options.device.type == "cpu" else 0
+    memory_limit = 0
+    if options.device.type == "cpu":
+        memory_limit = options.memory_limit_mib or int(available_memory_mib() * 0.85)
     result: dict[str, Any] = {
         "environment": environment(options.device),
         "settings": {
@@ -393,6 +398,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             "statistic": "median",
             "reference": options.reference,
             "flops_only": options.flops_only,
+            "cpu_memory_limit_mib": memory_limit or None,
             "flops_convention": "forward pass, 2 FLOPs per multiply-add, selective scan 9*b*d*l*n + b*d*l",
         },
         "rows": [],

@@ -127,3 +127,19 @@ def test_missing_matplotlib_is_one_line(tmp_path: Path) -> None:
     assert "--plot needs matplotlib" in proc.stderr and "pip install matplotlib" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+def test_out_of_memory_is_a_cell(serpent_cmd: list[str], tmp_path: Path) -> None:
+    """A model that does not fit is an "OOM" cell and larger sizes are not tried; the run still succeeds."""
+    js = tmp_path / "oom.json"
+    proc = run(
+        serpent_cmd, "-r", "256", "512", "-m", "serpent-b", "--no-train", "--memory-limit", "40",
+        "--repeats", "1", "--warmup", "0", "--output", str(js),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sum("OOM" in ln for ln in proc.stdout.splitlines() if "serpent-b" in ln) == 2
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["infer"]["status"] for r in rows] == ["oom", "oom"]
+    assert rows[1]["infer"]["error"] == "larger size not tried"
+    assert all(r["gflops"] > 0 for r in rows)  # FLOPs are still there

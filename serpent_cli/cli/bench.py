@@ -97,6 +97,10 @@ def bench_command(
     warmup: Annotated[int | None, typer.Option(help="Untimed calls first [default: 1 on CPU, 3 on GPU].")] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed calls; the median is reported [default: 3 / 10].")] = None,
     timeout: Annotated[float, typer.Option(help="CPU: give up on one measurement after this many seconds.")] = 600.0,
+    memory_limit: Annotated[
+        int | None,
+        typer.Option(help="CPU: MiB one measurement may allocate before it counts as OOM [default: 85% of free RAM]."),
+    ] = None,
 ) -> None:
     """Serpent against its peers: params, GFLOPs, latency, peak memory, throughput, ratios."""
     from serpent_cli import benchmark as bm
@@ -138,6 +142,7 @@ def bench_command(
             timeout=timeout,
             tiles=_ints(_split(tile_sizes), "--tile-sizes") if tiles else None,  # [] = default sizes
             overlap=tile_overlap,
+            memory_limit_mib=memory_limit,
         )
     )
     result = bm.run_bench(options, progress=info)

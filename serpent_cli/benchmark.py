@@ -64,6 +64,7 @@ class MeasureSpec:
     tile: int = 0
     overlap: int = 32
     memory_limit_mib: int = 0  # CPU child: cap on address-space growth; 0 = none
+    budget_s: float = 0.0  # fewer repeats when one call takes long (0 = always ``repeats``)
 
 
 @dataclass
@@ -87,11 +88,21 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
+def time_calls(
+    fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, budget_s: float = 0.0
+) -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones.
+
+    With ``budget_s`` > 0, a slow model gets fewer repeats (at least 1): when one warm-up call
+    already takes most of the budget, ten more would only repeat the same number slowly.
+    """
+    for i in range(warmup):
+        start_s = time.perf_counter()
         fn()
-    _sync(device)
+        _sync(device)
+        if i == warmup - 1 and budget_s > 0:
+            call_s = time.perf_counter() - start_s
+            repeats = max(1, min(repeats, int(budget_s / max(call_s, 1e-9))))
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -140,7 +151,7 @@ def _run_spec(spec: MeasureSpec, device: torch.device) -> list[float]:
             loss.backward()
             optimizer.step()
 
-        return time_calls(step, device, max(1, spec.warmup), spec.repeats)  # warm-up allocates Adam state
+        return time_calls(step, device, max(1, spec.warmup), spec.repeats, spec.budget_s)  # warm-up: Adam state
     model.eval()
     if spec.kind == "tile":
         from serpent_cli.tiling import tiled_forward
@@ -153,7 +164,7 @@ def _run_spec(spec: MeasureSpec, device: torch.device) -> list[float]:
             return model(image)
 
     with torch.inference_mode(), _autocast(device, spec.precision):
-        return time_calls(call, device, spec.warmup, spec.repeats)
+        return time_calls(call, device, spec.warmup, spec.repeats, spec.budget_s)
 
 
 def measure_here(spec: MeasureSpec) -> Measurement:
@@ -281,6 +292,7 @@ class BenchOptions:
     tiles: list[int] | None = None  # --tiles: tile sizes to try (0 = untiled; [] = default sizes)
     overlap: int = 32
     memory_limit_mib: int | None = None  # CPU: per-measurement allocation cap; None = 85% of available RAM
+    budget_s: float = 30.0  # per measurement: slow models get fewer repeats (at least 1 after warm-up)
 
 
 def default_models() -> list[str]:
@@ -321,6 +333,8 @@ def validate_options(options: BenchOptions) -> BenchOptions:
             raise UsageError(f"{name} must be at least {0 if name == '--warmup' else 1}, got {value}")
     if options.memory_limit_mib is not None and options.memory_limit_mib < 1:
         raise UsageError(f"--memory-limit must be at least 1 MiB, got {options.memory_limit_mib}")
+    if options.budget_s < 0:
+        raise UsageError(f"--budget must be >= 0 seconds, got {options.budget_s}")
     if options.timeout is not None and options.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {options.timeout}")
     if options.tiles is not None:
@@ -378,8 +392,16 @@ def _cell(m: Measurement) -> dict[str, Any]:
     return asdict(m)
 
 
-def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the whole benchmark; returns the JSON-ready result (rows, plus tiles with --tiles)."""
+def run_bench(
+    options: BenchOptions,
+    progress: Callable[[str], None] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the whole benchmark; returns the JSON-ready result (rows, plus tiles with --tiles).
+
+    ``on_update`` gets the partial result after every row, so a run cut short (a GPU lease
+    ending, Ctrl-C) still leaves everything measured so far on disk.
+    """
     from serpent_cli.flops import count_flops
 
     say = progress or (lambda _msg: None)
@@ -396,6 +418,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             "warmup": options.warmup,
             "repeats": options.repeats,
             "statistic": "median",
+            "budget_s": options.budget_s,
             "reference": options.reference,
             "flops_only": options.flops_only,
             "cpu_memory_limit_mib": memory_limit or None,
@@ -424,7 +447,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
                 spec = MeasureSpec(
                     model=name, resolution=res, kind=kind, device=str(options.device), precision=options.precision,
                     warmup=options.warmup or 0, repeats=options.repeats or 1, threads=torch.get_num_threads(),
-                    memory_limit_mib=memory_limit,
+                    memory_limit_mib=memory_limit, budget_s=options.budget_s,
                 )
                 m = _measure(spec, options)
                 if m.status in ("oom", "timeout"):
@@ -433,6 +456,9 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] | None = No
             infer = row.get("infer")
             row["mp_per_s"] = res * res / 1e6 / (infer["ms"] / 1000) if infer and infer["status"] == "ok" else None
             result["rows"].append(row)
+            if on_update is not None:
+                add_ratios(result["rows"], options.reference or options.models[0])
+                on_update(result)
     add_ratios(result["rows"], options.reference or options.models[0])
     if options.tiles is not None:
         result["tiles"] = run_tiles(options, say, memory_limit)
@@ -453,6 +479,7 @@ def run_tiles(options: BenchOptions, say: Callable[[str], None], memory_limit: i
                 model=name, resolution=res, kind="tile", device=str(options.device), precision=options.precision,
                 warmup=options.warmup or 0, repeats=options.repeats or 1, threads=torch.get_num_threads(),
                 tile=tile if tiled else 0, overlap=options.overlap, memory_limit_mib=memory_limit,
+                budget_s=options.budget_s,
             )
             m = _measure(spec, options)
             count = len(tile_starts(res, tile, options.overlap)) ** 2 if tiled else 1

@@ -105,6 +105,7 @@ def test_tiles_table(serpent_cmd: list[str], tmp_path: Path) -> None:
         (["--flops-only", "-r", "64", "-m", "serpent-b", "--reference", "unet-32"], "--reference unet-32 must be one"),
         (["--tiles", "-r", "256", "512", "-m", "serpent-b"], "--tiles needs exactly one --resolution"),
         (["--flops-only", "-m", "serpent-b", "--output", "/nonexistent-dir/x.json"], "does not exist"),
+        (["--load", "/nonexistent-dir/x.json"], "No such file"),
     ],
 )
 def test_bad_options_one_line_exit_2(serpent_cmd: list[str], args: list[str], message: str) -> None:
@@ -143,3 +144,13 @@ def test_out_of_memory_is_a_cell(serpent_cmd: list[str], tmp_path: Path) -> None
     assert [r["infer"]["status"] for r in rows] == ["oom", "oom"]
     assert rows[1]["infer"]["error"] == "larger size not tried"
     assert all(r["gflops"] > 0 for r in rows)  # FLOPs are still there
+
+
+def test_load_shows_a_saved_run(serpent_cmd: list[str], timed_run: tuple[dict, Path, Path, str]) -> None:
+    """--load renders a saved JSON (how a GPU run's file is shown and plotted elsewhere)."""
+    _result, _png, js, _stderr = timed_run
+    proc = run(serpent_cmd, "--load", str(js))
+    assert proc.returncode == 0, proc.stderr
+    table = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("│")]
+    assert [ln.split("│")[1].strip() for ln in table] == ["serpent-b", "unet-32"]
+    assert "infer ms" in proc.stdout and "×1" in proc.stdout

@@ -96,13 +96,22 @@ def bench_command(
     tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles for --tiles, pixels.")] = 32,
     warmup: Annotated[int | None, typer.Option(help="Untimed calls first [default: 1 on CPU, 3 on GPU].")] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed calls; the median is reported [default: 3 / 10].")] = None,
+    budget: Annotated[
+        float, typer.Option(help="Seconds one measurement may take: slow models get fewer repeats (min 1).")
+    ] = 30.0,
     timeout: Annotated[float, typer.Option(help="CPU: give up on one measurement after this many seconds.")] = 600.0,
+    load: Annotated[
+        Path | None, typer.Option(help="Measure nothing: show (and --plot) a JSON saved by an earlier --output.")
+    ] = None,
     memory_limit: Annotated[
         int | None,
         typer.Option(help="CPU: MiB one measurement may allocate before it counts as OOM [default: 85% of free RAM]."),
     ] = None,
 ) -> None:
     """Serpent against its peers: params, GFLOPs, latency, peak memory, throughput, ratios."""
+    if load is not None:
+        _show_saved(load, plot, as_json)
+        return
     from serpent_cli import benchmark as bm
     from serpent_cli.device import resolve_device
     from serpent_cli.peers import MODELS, spandrel_available
@@ -143,9 +152,12 @@ def bench_command(
             tiles=_ints(_split(tile_sizes), "--tile-sizes") if tiles else None,  # [] = default sizes
             overlap=tile_overlap,
             memory_limit_mib=memory_limit,
+            budget_s=budget,
         )
     )
-    result = bm.run_bench(options, progress=info)
+    result = bm.run_bench(
+        options, progress=info, on_update=(lambda partial: bm.write_json(partial, str(output))) if output else None
+    )
     if output is not None:
         bm.write_json(result, str(output))
         info(f"wrote {output}")
@@ -157,7 +169,31 @@ def bench_command(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = tiles_table(result) if options.tiles is not None else results_table(result)
+    _print_table(tiles_table(result) if options.tiles is not None else results_table(result))
+
+
+def _show_saved(path: Path, plot: Path | None, as_json: bool) -> None:
+    """--load: re-render a saved run (e.g. a GPU run's JSON) as a table, JSON or plot."""
+    try:
+        result = json.loads(path.read_text())
+        _ = (result["rows"], result["settings"]["reference"], result["environment"]["device"])
+    except OSError as exc:
+        raise UsageError(f"--load {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"--load {path}: not a JSON file written by 'serpent bench --output'") from None
+    if plot is not None:
+        _check_writable(plot, "--plot")
+        from serpent_cli.plotting import plot_results
+
+        plot_results(result, plot)
+        info(f"wrote {plot}")
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    _print_table(tiles_table(result) if "tiles" in result else results_table(result))
+
+
+def _print_table(table: Table) -> None:
     # A pipe or file gets the whole table rather than an 80-column squeeze.
     console = out_console if out_console.is_terminal else Console(file=sys.stdout, width=220, highlight=False)
     console.print(table)

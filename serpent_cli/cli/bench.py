@@ -65,11 +65,13 @@ def bench_command(
     ] = None,
     resolution: Annotated[
         list[str] | None,
-        typer.Option("--resolution", "-r", help="Square input sizes in pixels, e.g. -r 256 512 [default: 256 512]."),
+        typer.Option(
+            "--resolution", "-r", help="Square sizes in pixels, e.g. -r 256 512 (default: 256 512; 1024 with --tiles)."
+        ),
     ] = None,
     models: Annotated[
         list[str] | None,
-        typer.Option("--models", "-m", help="Models to compare [default: all that import here]."),
+        typer.Option("--models", "-m", help="Models to compare (default: all that import here)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[
@@ -77,7 +79,7 @@ def bench_command(
     ] = "fp32",
     train: Annotated[bool, typer.Option("--train/--no-train", help="Also time a training step.")] = True,
     reference: Annotated[
-        str | None, typer.Option(help="Model the ratios are relative to [default: serpent-b].")
+        str | None, typer.Option(help="Model the ratios are relative to (default: serpent-b).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON to this file.")] = None,
@@ -94,8 +96,8 @@ def bench_command(
         list[str] | None, typer.Option("--tile-sizes", help="Tile sizes for --tiles (0 = untiled), e.g. 0,256,512.")
     ] = None,
     tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles for --tiles, pixels.")] = 32,
-    warmup: Annotated[int | None, typer.Option(help="Untimed calls first [default: 1 on CPU, 3 on GPU].")] = None,
-    repeats: Annotated[int | None, typer.Option(help="Timed calls; the median is reported [default: 3 / 10].")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed calls first (default: 1 on CPU, 3 on GPU).")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed calls; the median is reported (default: 3 / 10).")] = None,
     budget: Annotated[
         float, typer.Option(help="Seconds one measurement may take: slow models get fewer repeats (min 1).")
     ] = 30.0,
@@ -105,7 +107,7 @@ def bench_command(
     ] = None,
     memory_limit: Annotated[
         int | None,
-        typer.Option(help="CPU: MiB one measurement may allocate before it counts as OOM [default: 85% of free RAM]."),
+        typer.Option(help="CPU: MiB one measurement may allocate before it counts as OOM (default: 85% of free RAM)."),
     ] = None,
 ) -> None:
     """Serpent against its peers: params, GFLOPs, latency, peak memory, throughput, ratios."""

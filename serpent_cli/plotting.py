@@ -79,8 +79,11 @@ def plot_results(result: dict[str, Any], path: str | Path) -> None:
         ("inference throughput (MP/s)", lambda r: r.get("mp_per_s")),
     ]
     order = [0, 1, 3, 5, 2, 4]  # top: FLOPs, latencies, throughput; bottom: memory
-    fig, grid = plt.subplots(2, 3, figsize=(14, 8.5), constrained_layout=True)
-    axes = list(grid.flat)
+    if not any(_series(rows, m, getter)[0] for _t, getter in panels[1:] for m in models):
+        order = [0]  # --flops-only: one panel, not five empty ones
+    shape = (2, 3) if len(order) > 1 else (1, 1)
+    fig, grid = plt.subplots(*shape, figsize=(14, 8.5) if len(order) > 1 else (7.5, 5), constrained_layout=True)
+    axes = list(grid.flat) if len(order) > 1 else [grid]
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
     for ax, index in zip(axes, order):
         title, getter = panels[index]

@@ -43,10 +43,8 @@ from serpent_cli import __version__
 from serpent_cli.errors import SerpentError, UsageError
 from serpent_cli.peers import MODELS, build_model, count_params
 
-KINDS = ("infer", "train", "tile")
 # Columns that get a ratio to the reference model (value / reference value).
 RATIO_COLUMNS = ("params", "gflops", "infer_ms", "infer_mib", "train_ms", "train_mib", "mp_per_s")
-FAILED = ("oom", "timeout", "error")
 
 
 @dataclass(frozen=True)
@@ -357,6 +355,14 @@ def validate_options(options: BenchOptions) -> BenchOptions:
     return options
 
 
+def _cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else what platform knows."""
+    with contextlib.suppress(OSError, StopIteration, IndexError):
+        with open("/proc/cpuinfo") as fh:
+            return next(ln for ln in fh if ln.startswith("model name")).split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on: device, torch version, scan backend, threads."""
     from serpent_cli.ops import resolve_backend
@@ -367,7 +373,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": _cpu_name(),
         "threads": torch.get_num_threads(),
         "scan_backend": resolve_backend("auto", device if device.type != "meta" else "cpu"),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -12,8 +13,12 @@ import pytest
 from PIL import Image
 
 
-def run(cmd: list[str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*cmd, "bench", *args], capture_output=True, text=True, timeout=timeout, check=False)
+def run(
+    cmd: list[str], *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cmd, "bench", *args], capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
 
 
 def test_flops_only_json(serpent_cmd: list[str]) -> None:
@@ -136,6 +141,7 @@ def test_out_of_memory_is_a_cell(serpent_cmd: list[str], tmp_path: Path) -> None
     proc = run(
         serpent_cmd, "-r", "256", "512", "-m", "serpent-b", "--no-train", "--memory-limit", "40",
         "--repeats", "1", "--warmup", "0", "--output", str(js),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # a thread pool's stacks would eat the tiny address-space cap
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,0 +1,220 @@
+"""Fetching weights from the Hugging Face Hub: huggingface_hub does the transfer and the cache, we add the checks.
+
+``huggingface_hub`` honours ``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT`` (and
+``HF_TOKEN``) itself; this module only uses its public API (``hf_hub_download``, ``get_hf_file_metadata``,
+``try_to_load_from_cache``) and turns every way a download can go wrong into one clear :class:`HubError` line.
+
+Decisions:
+- Before downloading we ask the server for the file's metadata once, without retries. When that fails
+  (connection refused, HTTP 5xx) and the file is cached we use the cached copy with a warning; when it is not
+  cached we fail at once with the reason, instead of sitting through the client's retry back-off.
+- Every file is hashed after the transfer. A registered file whose sha256 differs from the pin is removed
+  from the cache again (so the next run fetches it afresh) and the command fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serpent_cli import __version__
+from serpent_cli.errors import SerpentError
+from serpent_cli.registry import sha256_file
+
+
+class HubError(SerpentError):
+    """A download failed: server, network, cache or hash problem. The message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """Where a downloaded (or already cached) file lies and what it hashes to."""
+
+    repo_id: str
+    filename: str
+    revision: str
+    path: Path
+    sha256: str
+    size: int
+    from_cache: bool
+    verified: bool  # True when the sha256 matched a pin
+
+
+def endpoint() -> str:
+    """The Hub address in use (``HF_ENDPOINT`` or huggingface.co)."""
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT).rstrip("/")
+
+
+def cache_dir() -> Path:
+    """The Hub cache folder in use (``HF_HUB_CACHE``, else ``HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set: only the cache may be used."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def cached_file(repo_id: str, filename: str, revision: str = "main") -> Path | None:
+    """The cached copy of ``repo_id/filename@revision``, or None; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    except (ValueError, OSError):
+        return None
+    return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
+
+
+def _where(repo_id: str, filename: str, revision: str) -> str:
+    return f"{repo_id}/{filename}@{revision}"
+
+
+def _remove_from_cache(path: Path) -> None:
+    """Drop a bad file from the Hub cache: the snapshot link and the blob it points to (cache only)."""
+    root = cache_dir().resolve()
+    link = Path(os.path.abspath(path))
+    blob = path.resolve()
+    for candidate in (link, blob):
+        try:
+            if candidate.is_relative_to(root):
+                candidate.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _probe(repo_id: str, filename: str, revision: str) -> tuple[str | None, str | None]:
+    """Ask the server for the file's metadata once. Returns (commit, None) or (None, why it is unreachable).
+
+    Errors that no cache can fix (repo, revision or file not found, access denied) raise :class:`HubError`.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = _where(repo_id, filename, revision)
+    url = hf_hub_url(repo_id, filename, revision=revision)
+    try:
+        meta = get_hf_file_metadata(url)
+    except GatedRepoError:
+        raise HubError(f"{repo_id} is gated on {endpoint()}: accept its terms and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise HubError(
+            f"repository {repo_id} not found on {endpoint()} (check --repo-id; private repos need HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise HubError(f"revision {revision!r} not found in {repo_id} on {endpoint()} (check --revision)") from None
+    except EntryNotFoundError:
+        raise HubError(f"{filename} not found in {repo_id} at revision {revision} (check --filename)") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubError(
+                f"access to {where} denied (HTTP {status}); set HF_TOKEN to a token that can read it"
+            ) from None
+        return None, f"the Hub at {endpoint()} answered HTTP {status} for {where}"
+    except Exception as exc:  # network trouble: connection refused, DNS, timeout, TLS...
+        reason = str(exc).strip() or type(exc).__name__
+        return None, f"cannot reach the Hub at {endpoint()} ({reason})"
+    if not meta.commit_hash or not meta.etag:
+        return (
+            None,
+            f"{endpoint()} did not answer like a Hugging Face Hub (no commit or ETag headers); check HF_ENDPOINT",
+        )
+    return meta.commit_hash, None
+
+
+def download(
+    repo_id: str,
+    filename: str,
+    revision: str = "main",
+    *,
+    expected_sha256: str | None = None,
+    force: bool = False,
+    tqdm_class: type | None = None,
+    on_warning: Callable[[str], Any] | None = None,
+) -> DownloadResult:
+    """Fetch ``repo_id/filename@revision`` into the Hub cache (or find it there) and check its sha256."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    where = _where(repo_id, filename, revision)
+    warn = on_warning or (lambda _msg: None)
+    path: Path | None = None
+    from_cache = False
+
+    if is_offline():
+        if force:
+            raise HubError("--force needs the network, but HF_HUB_OFFLINE is set; unset it or drop --force")
+        path = cached_file(repo_id, filename, revision)
+        if path is None:
+            raise HubError(
+                f"offline (HF_HUB_OFFLINE is set) and {where} is not in the cache at {cache_dir()}; "
+                f"download it once with the network on, or unset HF_HUB_OFFLINE"
+            )
+        from_cache = True
+    else:
+        commit, unreachable = _probe(repo_id, filename, revision)
+        if unreachable is not None:
+            path = None if force else cached_file(repo_id, filename, revision)
+            if path is None:
+                raise HubError(
+                    f"{unreachable}; {where} is not cached either. Check the network or HF_ENDPOINT and retry"
+                )
+            warn(f"{unreachable}; using the cached copy of {where}")
+            from_cache = True
+        else:
+            from_cache = not force and cached_file(repo_id, filename, commit or revision) is not None
+            try:
+                path = Path(
+                    hf_hub_download(
+                        repo_id,
+                        filename,
+                        revision=revision,
+                        force_download=force,
+                        library_name="serpent-cli",
+                        library_version=__version__,
+                        tqdm_class=tqdm_class,
+                    )
+                )
+            except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+                raise HubError(f"could not download {where} from {endpoint()} and it is not cached ({exc})") from None
+            except HfHubHTTPError as exc:
+                status = getattr(getattr(exc, "response", None), "status_code", "?")
+                raise HubError(f"download of {where} failed: HTTP {status} from {endpoint()}; retry later") from None
+            except OSError as exc:  # disk full, permissions, size check of a cut transfer...
+                raise HubError(f"download of {where} failed: {exc}") from None
+            except Exception as exc:  # network dropped mid-transfer
+                raise HubError(f"download of {where} failed: {str(exc).strip() or type(exc).__name__}") from None
+
+    digest = sha256_file(path)
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        _remove_from_cache(path)
+        raise HubError(
+            f"sha256 mismatch for {where}: expected {expected_sha256}, got {digest}; the file was removed from "
+            f"the cache. The file on the Hub is not the registered one (or was corrupted): retry, or report it"
+        )
+    return DownloadResult(
+        repo_id=repo_id,
+        filename=filename,
+        revision=revision,
+        path=path,
+        sha256=digest,
+        size=path.stat().st_size,
+        from_cache=from_cache,
+        verified=expected_sha256 is not None,
+    )

@@ -15,6 +15,7 @@ Decisions:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from typing import Any
 from serpent_cli import __version__
 from serpent_cli.errors import SerpentError
 from serpent_cli.registry import sha256_file
+
+
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 class HubError(SerpentError):
@@ -167,6 +171,8 @@ def download(
                 f"download it once with the network on, or unset HF_HUB_OFFLINE"
             )
         from_cache = True
+    elif not force and _COMMIT_RE.match(revision) and (path := cached_file(repo_id, filename, revision)) is not None:
+        from_cache = True  # a commit never changes: a cached copy needs no network at all
     else:
         commit, unreachable = _probe(repo_id, filename, revision)
         if unreachable is not None:

@@ -25,7 +25,6 @@ from serpent_cli import __version__
 from serpent_cli.errors import SerpentError
 from serpent_cli.registry import sha256_file
 
-
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -47,18 +46,18 @@ class DownloadResult:
     verified: bool  # True when the sha256 matched a pin
 
 
-def endpoint() -> str:
-    """The Hub address in use (``HF_ENDPOINT`` or huggingface.co)."""
+def endpoint(override: str | None = None) -> str:
+    """The Hub address in use: ``override``, else ``HF_ENDPOINT``, else huggingface.co."""
     from huggingface_hub import constants
 
-    return str(constants.ENDPOINT).rstrip("/")
+    return str(override or constants.ENDPOINT).rstrip("/")
 
 
-def cache_dir() -> Path:
-    """The Hub cache folder in use (``HF_HUB_CACHE``, else ``HF_HOME/hub``)."""
+def cache_dir(override: str | Path | None = None) -> Path:
+    """The Hub cache folder in use: ``override``, else ``HF_HUB_CACHE``, else ``HF_HOME/hub``."""
     from huggingface_hub import constants
 
-    return Path(constants.HF_HUB_CACHE)
+    return Path(override or constants.HF_HUB_CACHE)
 
 
 def is_offline() -> bool:
@@ -68,12 +67,12 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def cached_file(repo_id: str, filename: str, revision: str = "main") -> Path | None:
+def cached_file(repo_id: str, filename: str, revision: str = "main", *, cache: str | Path | None = None) -> Path | None:
     """The cached copy of ``repo_id/filename@revision``, or None; never touches the network."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+        found = try_to_load_from_cache(repo_id, filename, revision=revision, cache_dir=str(cache_dir(cache)))
     except (ValueError, OSError):
         return None
     return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
@@ -83,9 +82,9 @@ def _where(repo_id: str, filename: str, revision: str) -> str:
     return f"{repo_id}/{filename}@{revision}"
 
 
-def _remove_from_cache(path: Path) -> None:
+def _remove_from_cache(path: Path, cache: str | Path | None) -> None:
     """Drop a bad file from the Hub cache: the snapshot link and the blob it points to (cache only)."""
-    root = cache_dir().resolve()
+    root = cache_dir(cache).resolve()
     link = Path(os.path.abspath(path))
     blob = path.resolve()
     for candidate in (link, blob):
@@ -96,7 +95,7 @@ def _remove_from_cache(path: Path) -> None:
             pass
 
 
-def _probe(repo_id: str, filename: str, revision: str) -> tuple[str | None, str | None]:
+def _probe(repo_id: str, filename: str, revision: str, hub_url: str) -> tuple[str | None, str | None]:
     """Ask the server for the file's metadata once. Returns (commit, None) or (None, why it is unreachable).
 
     Errors that no cache can fix (repo, revision or file not found, access denied) raise :class:`HubError`.
@@ -111,17 +110,17 @@ def _probe(repo_id: str, filename: str, revision: str) -> tuple[str | None, str 
     )
 
     where = _where(repo_id, filename, revision)
-    url = hf_hub_url(repo_id, filename, revision=revision)
+    url = hf_hub_url(repo_id, filename, revision=revision, endpoint=hub_url)
     try:
-        meta = get_hf_file_metadata(url)
+        meta = get_hf_file_metadata(url, endpoint=hub_url)
     except GatedRepoError:
-        raise HubError(f"{repo_id} is gated on {endpoint()}: accept its terms and set HF_TOKEN") from None
+        raise HubError(f"{repo_id} is gated on {hub_url}: accept its terms and set HF_TOKEN") from None
     except RepositoryNotFoundError:
         raise HubError(
-            f"repository {repo_id} not found on {endpoint()} (check --repo-id; private repos need HF_TOKEN)"
+            f"repository {repo_id} not found on {hub_url} (check --repo-id; private repos need HF_TOKEN)"
         ) from None
     except RevisionNotFoundError:
-        raise HubError(f"revision {revision!r} not found in {repo_id} on {endpoint()} (check --revision)") from None
+        raise HubError(f"revision {revision!r} not found in {repo_id} on {hub_url} (check --revision)") from None
     except EntryNotFoundError:
         raise HubError(f"{filename} not found in {repo_id} at revision {revision} (check --filename)") from None
     except HfHubHTTPError as exc:
@@ -130,14 +129,14 @@ def _probe(repo_id: str, filename: str, revision: str) -> tuple[str | None, str 
             raise HubError(
                 f"access to {where} denied (HTTP {status}); set HF_TOKEN to a token that can read it"
             ) from None
-        return None, f"the Hub at {endpoint()} answered HTTP {status} for {where}"
+        return None, f"the Hub at {hub_url} answered HTTP {status} for {where}"
     except Exception as exc:  # network trouble: connection refused, DNS, timeout, TLS...
         reason = str(exc).strip() or type(exc).__name__
-        return None, f"cannot reach the Hub at {endpoint()} ({reason})"
+        return None, f"cannot reach the Hub at {hub_url} ({reason})"
     if not meta.commit_hash or not meta.etag:
         return (
             None,
-            f"{endpoint()} did not answer like a Hugging Face Hub (no commit or ETag headers); check HF_ENDPOINT",
+            f"{hub_url} did not answer like a Hugging Face Hub (no commit or ETag headers); check HF_ENDPOINT",
         )
     return meta.commit_hash, None
 
@@ -151,32 +150,43 @@ def download(
     force: bool = False,
     tqdm_class: type | None = None,
     on_warning: Callable[[str], Any] | None = None,
+    hub_endpoint: str | None = None,
+    cache: str | Path | None = None,
 ) -> DownloadResult:
-    """Fetch ``repo_id/filename@revision`` into the Hub cache (or find it there) and check its sha256."""
+    """Fetch ``repo_id/filename@revision`` into the Hub cache (or find it there) and check its sha256.
+
+    ``hub_endpoint`` and ``cache`` override ``HF_ENDPOINT`` and ``HF_HUB_CACHE`` for this call.
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     where = _where(repo_id, filename, revision)
     warn = on_warning or (lambda _msg: None)
+    hub_url = endpoint(hub_endpoint)
+    cache = cache_dir(cache)
     path: Path | None = None
     from_cache = False
 
     if is_offline():
         if force:
             raise HubError("--force needs the network, but HF_HUB_OFFLINE is set; unset it or drop --force")
-        path = cached_file(repo_id, filename, revision)
+        path = cached_file(repo_id, filename, revision, cache=cache)
         if path is None:
             raise HubError(
-                f"offline (HF_HUB_OFFLINE is set) and {where} is not in the cache at {cache_dir()}; "
+                f"offline (HF_HUB_OFFLINE is set) and {where} is not in the cache at {cache}; "
                 f"download it once with the network on, or unset HF_HUB_OFFLINE"
             )
         from_cache = True
-    elif not force and _COMMIT_RE.match(revision) and (path := cached_file(repo_id, filename, revision)) is not None:
+    elif (
+        not force
+        and _COMMIT_RE.match(revision)
+        and (path := cached_file(repo_id, filename, revision, cache=cache)) is not None
+    ):
         from_cache = True  # a commit never changes: a cached copy needs no network at all
     else:
-        commit, unreachable = _probe(repo_id, filename, revision)
+        commit, unreachable = _probe(repo_id, filename, revision, hub_url)
         if unreachable is not None:
-            path = None if force else cached_file(repo_id, filename, revision)
+            path = None if force else cached_file(repo_id, filename, revision, cache=cache)
             if path is None:
                 raise HubError(
                     f"{unreachable}; {where} is not cached either. Check the network or HF_ENDPOINT and retry"
@@ -184,7 +194,7 @@ def download(
             warn(f"{unreachable}; using the cached copy of {where}")
             from_cache = True
         else:
-            from_cache = not force and cached_file(repo_id, filename, commit or revision) is not None
+            from_cache = not force and cached_file(repo_id, filename, commit or revision, cache=cache) is not None
             try:
                 path = Path(
                     hf_hub_download(
@@ -192,16 +202,18 @@ def download(
                         filename,
                         revision=revision,
                         force_download=force,
+                        cache_dir=str(cache),
+                        endpoint=hub_url,
                         library_name="serpent-cli",
                         library_version=__version__,
                         tqdm_class=tqdm_class,
                     )
                 )
             except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-                raise HubError(f"could not download {where} from {endpoint()} and it is not cached ({exc})") from None
+                raise HubError(f"could not download {where} from {hub_url} and it is not cached ({exc})") from None
             except HfHubHTTPError as exc:
                 status = getattr(getattr(exc, "response", None), "status_code", "?")
-                raise HubError(f"download of {where} failed: HTTP {status} from {endpoint()}; retry later") from None
+                raise HubError(f"download of {where} failed: HTTP {status} from {hub_url}; retry later") from None
             except OSError as exc:  # disk full, permissions, size check of a cut transfer...
                 raise HubError(f"download of {where} failed: {exc}") from None
             except Exception as exc:  # network dropped mid-transfer
@@ -209,7 +221,7 @@ def download(
 
     digest = sha256_file(path)
     if expected_sha256 is not None and digest != expected_sha256.lower():
-        _remove_from_cache(path)
+        _remove_from_cache(path, cache)
         raise HubError(
             f"sha256 mismatch for {where}: expected {expected_sha256}, got {digest}; the file was removed from "
             f"the cache. The file on the Hub is not the registered one (or was corrupted): retry, or report it"

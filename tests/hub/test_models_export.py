@@ -1,0 +1,107 @@
+"""`serpent models --json` and `serpent export`, run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import FakeHub, WeightFiles
+
+
+def run(cmd: list[str], env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def front_matter(card: str) -> dict[str, object]:
+    """The YAML front matter's top-level keys (scalars and '- item' lists), enough to check the card."""
+    assert card.startswith("---\n")
+    block = card.split("---\n")[1]
+    data: dict[str, object] = {}
+    key = ""
+    for line in block.splitlines():
+        if not line.startswith((" ", "-")):
+            key, _, value = line.partition(":")
+            data[key] = value.strip() or []
+        elif line.startswith("- ") and isinstance(data.get(key), list):
+            data[key].append(line[2:].strip())  # type: ignore[union-attr]
+    return data
+
+
+def test_models_json_says_where_each_model_is(
+    serpent_cmd: list[str], hub: FakeHub, hub_env: dict[str, str], weight_files: WeightFiles
+) -> None:
+    (Path(hub_env["SERPENT_WEIGHTS_DIR"]) / "serpent-b.safetensors").write_bytes(weight_files.b)
+    hub.commit("serpent-test/models-l", {"model.safetensors": weight_files.l})
+    registry = {
+        "serpent-b": {"sha256": weight_files.sha(weight_files.b2)},  # bundled file is not the pinned one
+        "serpent-l": {"repo_id": "serpent-test/models-l", "published": True, "sha256": weight_files.sha(weight_files.l),
+                      "metrics": {"faces-test-256": {"psnr": 28.5, "ssim": 0.81}}},
+        "serpent-h": {"repo_id": "serpent-test/models-h", "published": True},
+        "mine": {"repo_id": "alice/mine"},
+    }
+    Path(hub_env["SERPENT_REGISTRY"]).write_text(json.dumps(registry))
+    assert run(serpent_cmd, hub_env, "download", "serpent-l").returncode == 0
+
+    proc = run(serpent_cmd, hub_env, "models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)["models"]}
+    assert list(rows) == ["serpent-b", "serpent-l", "serpent-h", "mine"]
+    assert rows["serpent-b"]["status"] == "bundled" and rows["serpent-b"]["pin_ok"] is False
+    assert rows["serpent-l"]["status"] == "cached" and rows["serpent-l"]["pin_ok"] is True
+    assert rows["serpent-l"]["metrics"]["faces-test-256"]["psnr"] == 28.5
+    assert rows["serpent-h"]["status"] == "remote" and rows["serpent-h"]["path"] is None
+    assert rows["mine"]["status"] == "unavailable" and rows["mine"]["published"] is False
+    assert rows["serpent-l"]["url"] == f"{hub.url}/serpent-test/models-l"
+    assert hub.count("HEAD", "models-h") == 0  # listing never touches the network
+
+
+def test_export_writes_a_hub_ready_folder(
+    serpent_cmd: list[str], tmp_path: Path, hub_env: dict[str, str], weight_files: WeightFiles
+) -> None:
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"faces-test-256": {"psnr": 28.41, "ssim": 0.8123}, "kodak24": {"psnr": 26.1}}))
+    out = tmp_path / "hub-folder"
+    proc = run(
+        serpent_cmd, hub_env, "export", str(weight_files.b_path), "-o", str(out), "--repo-id", "alice/serpent-b",
+        "--metrics", str(metrics),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == weight_files.b  # byte for byte: the pin stays valid
+    config = json.loads((out / "config.json").read_text())
+    assert config["sha256"] == weight_files.sha(weight_files.b)
+    assert config["config"]["name"] == "serpent-b" and config["config"]["patch_size"] == 4
+    card = (out / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["license"] == "apache-2.0"
+    assert meta["library_name"] == "serpent-cli"
+    assert meta["pipeline_tag"] == "image-to-image"
+    assert "image-restoration" in meta["tags"] and "deblurring" in meta["tags"]  # type: ignore[operator]
+    assert "model-index" in meta
+    assert "value: 28.4100" in card and '"faces-test-256"' in card
+    assert "| faces-test-256 | 28.4100 | 0.8123 |" in card
+    assert "serpent download --repo-id alice/serpent-b" in card
+
+    # Without --overwrite an existing export is never replaced.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = run(serpent_cmd, hub_env, "export", str(weight_files.l_path), "-o", str(out))
+    assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_export_rejects_a_pickle_without_writing(
+    serpent_cmd: list[str], tmp_path: Path, hub_env: dict[str, str]
+) -> None:
+    import pickle
+
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(pickle.dumps({"state_dict": {"w": [0.0] * 100}}))
+    out = tmp_path / "out"
+    proc = run(serpent_cmd, hub_env, "export", str(fake), "-o", str(out))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        f"error: {fake}: not a safetensors file (bad header length); is it a pickle or truncated?"
+    ]
+    assert not out.exists()

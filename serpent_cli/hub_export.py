@@ -146,8 +146,10 @@ def model_card(
             "(`serpent eval`).",
         ]
     else:
-        lines.append("No evaluation metrics were recorded for these weights (run `serpent eval` and export with "
-                     "`--metrics FILE`).")
+        lines.append(
+            "No evaluation metrics were recorded for these weights (run `serpent eval` and export with "
+            "`--metrics FILE`)."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -123,8 +123,8 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             }
             self._send(200, headers, content)
 
-        do_GET = _resolve
-        do_HEAD = _resolve
+        do_GET = _resolve  # noqa: N815
+        do_HEAD = _resolve  # noqa: N815
 
     return Handler
 
@@ -152,7 +152,7 @@ def hub(fake_hub: FakeHub) -> FakeHub:
 class WeightFiles:
     b: bytes  # a valid serpent-b weights file
     b2: bytes  # another valid serpent-b file (different weights)
-    l: bytes  # a valid serpent-l weights file
+    sl: bytes  # a valid serpent-l weights file
     b_path: Path
     l_path: Path
 

@@ -38,8 +38,14 @@ def test_download_cache_hit_fallback_and_offline(
     commit = hub.commit("serpent-test/serpent-b", {"model.safetensors": weight_files.b})
     register(
         hub_env,
-        {"serpent-b": {"repo_id": "serpent-test/serpent-b", "revision": "main", "published": True,
-                       "sha256": weight_files.sha(weight_files.b)}},
+        {
+            "serpent-b": {
+                "repo_id": "serpent-test/serpent-b",
+                "revision": "main",
+                "published": True,
+                "sha256": weight_files.sha(weight_files.b),
+            }
+        },
     )
     first = run(serpent_cmd, hub_env, "download", "serpent-b")
     assert first.returncode == 0, first.stderr
@@ -71,11 +77,17 @@ def test_download_cache_hit_fallback_and_offline(
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()).read_bytes() == weight_files.b
     probe = subprocess.run(
-        [str(Path(serpent_cmd[0]).with_name("python")), "-c",
-         "import json; from serpent_cli import create_model; from serpent_cli.registry import model_status; "
-         "m = create_model('serpent-b', pretrained=True); "
-         "print(json.dumps([m.config.name, {r['name']: [r['status'], r['pin_ok']] for r in model_status()}]))"],
-        env=offline, capture_output=True, text=True, timeout=60,
+        [
+            str(Path(serpent_cmd[0]).with_name("python")),
+            "-c",
+            "import json; from serpent_cli import create_model; from serpent_cli.registry import model_status; "
+            "m = create_model('serpent-b', pretrained=True); "
+            "print(json.dumps([m.config.name, {r['name']: [r['status'], r['pin_ok']] for r in model_status()}]))",
+        ],
+        env=offline,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
     name, status = json.loads(probe.stdout)
@@ -91,8 +103,14 @@ def test_pinned_revision_wins_over_a_moved_branch(
     hub.commit("serpent-test/pinned", {"model.safetensors": weight_files.b2})  # main moves on
     register(
         hub_env,
-        {"serpent-b": {"repo_id": "serpent-test/pinned", "revision": old, "published": True,
-                       "sha256": weight_files.sha(weight_files.b)}},
+        {
+            "serpent-b": {
+                "repo_id": "serpent-test/pinned",
+                "revision": old,
+                "published": True,
+                "sha256": weight_files.sha(weight_files.b),
+            }
+        },
     )
     proc = run(serpent_cmd, hub_env, "download", "serpent-b")
     assert proc.returncode == 0, proc.stderr
@@ -118,8 +136,13 @@ def test_hash_mismatch_is_an_error_and_leaves_nothing_cached(
     hub.commit("serpent-test/tampered", {"model.safetensors": weight_files.b2})
     register(
         hub_env,
-        {"serpent-b": {"repo_id": "serpent-test/tampered", "published": True,
-                       "sha256": weight_files.sha(weight_files.b)}},
+        {
+            "serpent-b": {
+                "repo_id": "serpent-test/tampered",
+                "published": True,
+                "sha256": weight_files.sha(weight_files.b),
+            }
+        },
     )
     proc = run(serpent_cmd, hub_env, "download", "serpent-b")
     assert_one_clean_error(proc, "sha256 mismatch", weight_files.sha(weight_files.b))
@@ -158,17 +181,25 @@ def test_offline_without_cache_fails_clearly(
 def test_users_own_repo_with_revision_and_filename(
     serpent_cmd: list[str], hub: FakeHub, hub_env: dict[str, str], weight_files: WeightFiles
 ) -> None:
-    hub.commit("alice/my-deblur", {"weights/v1.safetensors": weight_files.l, "config.json": b"{}"}, ref="v1")
+    hub.commit("alice/my-deblur", {"weights/v1.safetensors": weight_files.sl, "config.json": b"{}"}, ref="v1")
     hub.commit("alice/my-deblur", {"weights/v1.safetensors": weight_files.b}, ref="main")
     proc = run(
-        serpent_cmd, hub_env, "download", "--repo-id", "alice/my-deblur", "--revision", "v1",
-        "--filename", "weights/v1.safetensors", "--json",
+        serpent_cmd,
+        hub_env,
+        "download",
+        "--repo-id",
+        "alice/my-deblur",
+        "--revision",
+        "v1",
+        "--filename",
+        "weights/v1.safetensors",
+        "--json",
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["variant"] == "serpent-l"
-    assert result["sha256"] == weight_files.sha(weight_files.l)
-    assert Path(result["path"]).read_bytes() == weight_files.l
+    assert result["sha256"] == weight_files.sha(weight_files.sl)
+    assert Path(result["path"]).read_bytes() == weight_files.sl
 
 
 def test_missing_repo_is_clear(serpent_cmd: list[str], hub: FakeHub, hub_env: dict[str, str]) -> None:
@@ -176,9 +207,7 @@ def test_missing_repo_is_clear(serpent_cmd: list[str], hub: FakeHub, hub_env: di
     assert_one_clean_error(proc, "repository alice/nope not found")
 
 
-def test_foreign_file_on_the_hub_is_rejected(
-    serpent_cmd: list[str], hub: FakeHub, hub_env: dict[str, str]
-) -> None:
+def test_foreign_file_on_the_hub_is_rejected(serpent_cmd: list[str], hub: FakeHub, hub_env: dict[str, str]) -> None:
     import pickle
 
     hub.commit("alice/pickled", {"model.safetensors": pickle.dumps({"weight": [1.0, 2.0]})})

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from serpent_cli import create_model
 from serpent_cli.errors import UsageError, WeightsError
 from serpent_cli.hub import HubError, download
-from serpent_cli.registry import load_registry, main as registry_main, sha256_file
+from serpent_cli.registry import load_registry, sha256_file
+from serpent_cli.registry import main as registry_main
 from serpent_cli.weights import load_model
 
 
@@ -60,9 +61,9 @@ def test_pin_lines_for_bundled_weights(
 ) -> None:
     folder = tmp_path / "w"
     folder.mkdir()
-    (folder / "serpent-l.safetensors").write_bytes(weight_files.l)
+    (folder / "serpent-l.safetensors").write_bytes(weight_files.sl)
     assert registry_main([str(folder)]) == 0
-    assert capsys.readouterr().out.strip() == f'"serpent-l": "{weight_files.sha(weight_files.l)}",'
+    assert capsys.readouterr().out.strip() == f'"serpent-l": "{weight_files.sha(weight_files.sl)}",'
     assert registry_main([str(tmp_path / "empty")]) == 1
 
 

@@ -32,11 +32,15 @@ def test_models_json_says_where_each_model_is(
     serpent_cmd: list[str], hub: FakeHub, hub_env: dict[str, str], weight_files: WeightFiles
 ) -> None:
     (Path(hub_env["SERPENT_WEIGHTS_DIR"]) / "serpent-b.safetensors").write_bytes(weight_files.b)
-    hub.commit("serpent-test/models-l", {"model.safetensors": weight_files.l})
+    hub.commit("serpent-test/models-l", {"model.safetensors": weight_files.sl})
     registry = {
         "serpent-b": {"sha256": weight_files.sha(weight_files.b2)},  # bundled file is not the pinned one
-        "serpent-l": {"repo_id": "serpent-test/models-l", "published": True, "sha256": weight_files.sha(weight_files.l),
-                      "metrics": {"faces-test-256": {"psnr": 28.5, "ssim": 0.81}}},
+        "serpent-l": {
+            "repo_id": "serpent-test/models-l",
+            "published": True,
+            "sha256": weight_files.sha(weight_files.sl),
+            "metrics": {"faces-test-256": {"psnr": 28.5, "ssim": 0.81}},
+        },
         "serpent-h": {"repo_id": "serpent-test/models-h", "published": True},
         "mine": {"repo_id": "alice/mine"},
     }
@@ -63,8 +67,16 @@ def test_export_writes_a_hub_ready_folder(
     metrics.write_text(json.dumps({"faces-test-256": {"psnr": 28.41, "ssim": 0.8123}, "kodak24": {"psnr": 26.1}}))
     out = tmp_path / "hub-folder"
     proc = run(
-        serpent_cmd, hub_env, "export", str(weight_files.b_path), "-o", str(out), "--repo-id", "alice/serpent-b",
-        "--metrics", str(metrics),
+        serpent_cmd,
+        hub_env,
+        "export",
+        str(weight_files.b_path),
+        "-o",
+        str(out),
+        "--repo-id",
+        "alice/serpent-b",
+        "--metrics",
+        str(metrics),
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]

@@ -18,6 +18,13 @@ from serpent_cli.weights import bundled_weights_dir, read_config
 class RichDownloadBar(_std_tqdm):
     """A tqdm-compatible bar (what huggingface_hub drives) drawn with Rich on stderr, only on a terminal."""
 
+    label = ""
+
+    @classmethod
+    def for_label(cls, label: str) -> type[RichDownloadBar]:
+        """A bar class that shows ``label`` instead of the URL huggingface_hub passes as description."""
+        return type("RichDownloadBar", (cls,), {"label": label})
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -37,7 +44,9 @@ class RichDownloadBar(_std_tqdm):
             )
             self._rich.start()
             self._task = self._rich.add_task(
-                str(kwargs.get("desc") or "download"), total=kwargs.get("total"), completed=kwargs.get("initial", 0)
+                self.label or str(kwargs.get("desc") or "download"),
+                total=kwargs.get("total"),
+                completed=kwargs.get("initial", 0),
             )
 
     def update(self, n: float | None = 1) -> bool | None:
@@ -78,15 +87,17 @@ def _fetch_entry(entry: RegistryEntry, revision: str | None, filename: str | Non
         rev,
         expected_sha256=entry.sha256 if pinned else None,
         force=force,
-        tqdm_class=RichDownloadBar,
+        tqdm_class=RichDownloadBar.for_label(entry.name),
         on_warning=warn,
     )
 
 
 def _report(label: str, result: DownloadResult) -> None:
-    how = "found in the cache" if result.from_cache else f"downloaded from {endpoint()}"
+    what = f"{result.repo_id}/{result.filename}@{result.revision}"
+    how = f"found {what} in the cache" if result.from_cache else f"downloaded {what} from {endpoint()}"
     check = "sha256 verified" if result.verified else f"sha256 {result.sha256}"
-    info(f"{label}: {how}: {result.repo_id}/{result.filename}@{result.revision} ({result.size / 1e6:.1f} MB, {check})")
+    prefix = "" if label == result.repo_id else f"{label}: "
+    info(f"{prefix}{how} ({result.size / 1e6:.1f} MB, {check})")
 
 
 def download_command(
@@ -138,7 +149,7 @@ def download_command(
                     filename or HUB_FILENAME,
                     revision or "main",
                     force=force,
-                    tqdm_class=RichDownloadBar,
+                    tqdm_class=RichDownloadBar.for_label(label),
                     on_warning=warn,
                 )
             else:

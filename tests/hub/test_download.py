@@ -183,9 +183,10 @@ def test_users_own_repo_with_revision_and_filename(
 ) -> None:
     hub.commit("alice/my-deblur", {"weights/v1.safetensors": weight_files.sl, "config.json": b"{}"}, ref="v1")
     hub.commit("alice/my-deblur", {"weights/v1.safetensors": weight_files.b}, ref="main")
+    env = dict(hub_env, HF_HUB_CACHE=str(Path(hub_env["HF_HOME"]).parent / "hub-cache"))
     proc = run(
         serpent_cmd,
-        hub_env,
+        env,
         "download",
         "--repo-id",
         "alice/my-deblur",
@@ -200,6 +201,7 @@ def test_users_own_repo_with_revision_and_filename(
     assert result["variant"] == "serpent-l"
     assert result["sha256"] == weight_files.sha(weight_files.sl)
     assert Path(result["path"]).read_bytes() == weight_files.sl
+    assert Path(result["path"]).is_relative_to(env["HF_HUB_CACHE"])  # HF_HUB_CACHE honoured
 
 
 def test_missing_repo_is_clear(serpent_cmd: list[str], hub: FakeHub, hub_env: dict[str, str]) -> None:

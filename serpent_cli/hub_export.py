@@ -119,15 +119,15 @@ def model_card(
     ]
     if training_data:
         lines.append(f"- Training data: {training_data}")
-    fetch = f"serpent download --repo-id {repo_id}" if repo_id else "serpent download --repo-id OWNER/REPO"
+    repo = repo_id or "OWNER/REPO"
     lines += [
         "",
         "## Usage",
         "",
         "```bash",
         "pip install serpent-cli",
-        fetch,
-        f"serpent deblur blurred.png -o restored.png --weights {HUB_FILENAME}",
+        f"serpent download --repo-id {repo}   # prints the cached file's path",
+        f'serpent deblur blurred.png -o restored.png --weights "$(serpent download --repo-id {repo})"',
         "```",
         "",
         "## Evaluation",
@@ -173,6 +173,7 @@ def export_folder(
     repo_id: str | None = None,
     license: str = "apache-2.0",
     metrics: Metrics | None = None,
+    training_data: str | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
     """Validate ``weights`` (full load) and write the Hub folder into ``out_dir``."""
@@ -184,7 +185,9 @@ def export_folder(
     del model
     meta = read_metadata(weights)
     name = name or str(config.get("name") or weights.stem)
-    entry = load_registry().get(name)
+    digest = sha256_file(weights)
+    # The registry's metrics and training data describe the registered file only, never a lookalike.
+    entry = next((e for e in load_registry().values() if e.sha256 == digest), None)
     if metrics is None and "metrics" in meta:
         try:
             metrics = parse_metrics(json.loads(meta["metrics"]), f"{weights} (metrics metadata)")
@@ -192,7 +195,8 @@ def export_folder(
             metrics = None
     if metrics is None:
         metrics = dict(entry.metrics) if entry is not None else {}
-    training_data = meta.get("training_data") or (entry.training_data if entry is not None else "")
+    if training_data is None:
+        training_data = meta.get("training_data") or (entry.training_data if entry is not None else "")
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -206,7 +210,6 @@ def export_folder(
     except OSError as exc:
         raise SerpentError(f"cannot create {out_dir}: {exc}") from None
 
-    digest = sha256_file(weights)
     hub_config = {
         "architecture": "Serpent",
         "model_type": "serpent",

@@ -20,13 +20,23 @@ def export_command(
     metrics: Annotated[
         Path | None, typer.Option(help="JSON file {dataset: {metric: value}} for the card's metrics.")
     ] = None,
+    training_data: Annotated[
+        str | None, typer.Option(help="What the weights were trained on (default: from the file or the registry).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in the folder.")] = False,
 ) -> None:
     """Write a Hub-ready folder for WEIGHTS: model.safetensors (copied byte for byte), config.json and a
     README.md model card (license, library_name, pipeline_tag image-to-image, tags, eval metrics)."""
     loaded = load_metrics_file(metrics) if metrics is not None else None
     result = export_folder(
-        weights, output, name=name, repo_id=repo_id, license=license, metrics=loaded, overwrite=overwrite
+        weights,
+        output,
+        name=name,
+        repo_id=repo_id,
+        license=license,
+        metrics=loaded,
+        training_data=training_data,
+        overwrite=overwrite,
     )
     for path in result.files:
         typer.echo(str(path))

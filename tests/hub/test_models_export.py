@@ -7,25 +7,11 @@ import subprocess
 from pathlib import Path
 
 from conftest import FakeHub, WeightFiles
+from huggingface_hub import ModelCard
 
 
 def run(cmd: list[str], env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def front_matter(card: str) -> dict[str, object]:
-    """The YAML front matter's top-level keys (scalars and '- item' lists), enough to check the card."""
-    assert card.startswith("---\n")
-    block = card.split("---\n")[1]
-    data: dict[str, object] = {}
-    key = ""
-    for line in block.splitlines():
-        if not line.startswith((" ", "-")):
-            key, _, value = line.partition(":")
-            data[key] = value.strip() or []
-        elif line.startswith("- ") and isinstance(data.get(key), list):
-            data[key].append(line[2:].strip())  # type: ignore[union-attr]
-    return data
 
 
 def test_models_json_says_where_each_model_is(
@@ -77,6 +63,8 @@ def test_export_writes_a_hub_ready_folder(
         "alice/serpent-b",
         "--metrics",
         str(metrics),
+        "--training-data",
+        "my photos",
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
@@ -85,15 +73,17 @@ def test_export_writes_a_hub_ready_folder(
     assert config["sha256"] == weight_files.sha(weight_files.b)
     assert config["config"]["name"] == "serpent-b" and config["config"]["patch_size"] == 4
     card = (out / "README.md").read_text()
-    meta = front_matter(card)
+    parsed = ModelCard.load(out / "README.md")  # the Hub's own parser
+    meta = parsed.data.to_dict()
     assert meta["license"] == "apache-2.0"
     assert meta["library_name"] == "serpent-cli"
     assert meta["pipeline_tag"] == "image-to-image"
-    assert "image-restoration" in meta["tags"] and "deblurring" in meta["tags"]  # type: ignore[operator]
-    assert "model-index" in meta
-    assert "value: 28.4100" in card and '"faces-test-256"' in card
+    assert {"image-restoration", "deblurring"} <= set(meta["tags"])
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in parsed.data.eval_results}
+    assert results == {("faces-test-256", "psnr"): 28.41, ("faces-test-256", "ssim"): 0.8123, ("kodak24", "psnr"): 26.1}
     assert "| faces-test-256 | 28.4100 | 0.8123 |" in card
     assert "serpent download --repo-id alice/serpent-b" in card
+    assert "Training data: my photos" in card
 
     # Without --overwrite an existing export is never replaced.
     before = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -14,6 +14,7 @@ Decisions:
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from serpent_cli import __version__
-from serpent_cli.errors import SerpentError
+from serpent_cli.errors import SerpentError, UsageError
 from serpent_cli.registry import sha256_file
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -95,6 +96,20 @@ def _remove_from_cache(path: Path, cache: str | Path | None) -> None:
             pass
 
 
+def _validate(repo_id: str, filename: str, revision: str) -> None:
+    """Reject a malformed repo id, file name or revision before any request, as a usage error."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"invalid repo id {repo_id!r}: {exc}") from None
+    if not filename or filename.startswith("/") or ".." in filename.split("/") or "\\" in filename:
+        raise UsageError(f"invalid file name {filename!r}: give a path inside the repo, e.g. model.safetensors")
+    if not revision.strip():
+        raise UsageError("empty --revision")
+
+
 def _probe(repo_id: str, filename: str, revision: str, hub_url: str) -> tuple[str | None, str | None]:
     """Ask the server for the file's metadata once. Returns (commit, None) or (None, why it is unreachable).
 
@@ -112,7 +127,7 @@ def _probe(repo_id: str, filename: str, revision: str, hub_url: str) -> tuple[st
     where = _where(repo_id, filename, revision)
     url = hf_hub_url(repo_id, filename, revision=revision, endpoint=hub_url)
     try:
-        meta = get_hf_file_metadata(url, endpoint=hub_url)
+        meta = get_hf_file_metadata(url)
     except GatedRepoError:
         raise HubError(f"{repo_id} is gated on {hub_url}: accept its terms and set HF_TOKEN") from None
     except RepositoryNotFoundError:
@@ -161,6 +176,7 @@ def download(
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     where = _where(repo_id, filename, revision)
+    _validate(repo_id, filename, revision)
     warn = on_warning or (lambda _msg: None)
     hub_url = endpoint(hub_endpoint)
     cache = cache_dir(cache)
@@ -195,6 +211,10 @@ def download(
             from_cache = True
         else:
             from_cache = not force and cached_file(repo_id, filename, commit or revision, cache=cache) is not None
+            options: dict[str, Any] = {"tqdm_class": tqdm_class}
+            # tqdm_class is recent in huggingface_hub; older clients simply draw their own bar
+            accepted = inspect.signature(hf_hub_download).parameters
+            options = {k: v for k, v in options.items() if k in accepted and v is not None}
             try:
                 path = Path(
                     hf_hub_download(
@@ -206,7 +226,7 @@ def download(
                         endpoint=hub_url,
                         library_name="serpent-cli",
                         library_version=__version__,
-                        tqdm_class=tqdm_class,
+                        **options,
                     )
                 )
             except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:

@@ -155,6 +155,8 @@ def download_command(
             else:
                 result = _fetch_entry(entry, revision, filename, force)
             variant = _check_weights(result)
+        except UsageError:
+            raise  # a malformed request is exit 2, whatever else was asked
         except SerpentError as exc:
             failed += 1
             message = str(exc)

@@ -12,7 +12,8 @@ The sha256 pins are one line per variant in :data:`SHA256_PINS` so they can be u
 
 Users (and tests) override or extend entries with a JSON file named by the ``SERPENT_REGISTRY`` environment
 variable: ``{"serpent-b": {"published": true, "revision": "..."}, "my-model": {"repo_id": "me/my-model"}}``.
-Fields given there replace the built-in ones; new names are added.
+Fields given there replace the built-in ones; new names are added (published unless they say
+``"published": false``).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _apply_override(source: str, name: str, base: RegistryEntry | None, data: ob
     if base is None:
         if "repo_id" not in data:
             raise UsageError(f"{source}: new entry {name!r} needs at least a repo_id")
-        return RegistryEntry(name=name, **data)
+        # a repo the user adds is one they can reach, so it counts as published unless they say otherwise
+        return RegistryEntry(name=name, **{"published": True, **data})
     return dataclasses.replace(base, **data)
 
 

@@ -130,7 +130,11 @@ def download_command(
         jobs.append((repo_id, None))
     else:
         if all_models:
-            entries = [e for e in load_registry().values() if e.published]
+            registry = load_registry().values()
+            entries = [e for e in registry if e.published]
+            skipped = [e.name for e in registry if not e.published]
+            if skipped and entries:
+                info(f"skipping models not published on the Hub: {', '.join(skipped)}")
             if not entries:
                 raise SerpentError(
                     "no registered model is published on the Hub yet; trained weights ship bundled in weights/ "

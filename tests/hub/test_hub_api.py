@@ -42,7 +42,7 @@ def test_registry_overrides_are_validated(registry_file: Path) -> None:
     registry_file.write_text(json.dumps({"serpent-b": {"published": True}, "mine": {"repo_id": "me/mine"}}))
     entries = load_registry()
     assert entries["serpent-b"].published and entries["serpent-b"].repo_id == "serpent-cli/serpent-b"
-    assert entries["mine"].filename == "model.safetensors"
+    assert entries["mine"].filename == "model.safetensors" and entries["mine"].published
     bad = {
         "not json": "{",
         "unknown field": json.dumps({"serpent-b": {"sha": "x"}}),
@@ -77,6 +77,9 @@ def test_hub_not_found_errors(tmp_path: Path, hub: FakeHub, weight_files: Weight
         with pytest.raises(HubError, match=needle):
             download("alice/exists", args["filename"], args["revision"], hub_endpoint=hub.url, cache=tmp_path)
     assert hub.count("GET") == 0
+    for repo_id, filename in [("bad repo", "model.safetensors"), ("alice/exists", "../model.safetensors")]:
+        with pytest.raises(UsageError, match="invalid"):
+            download(repo_id, filename, hub_endpoint=hub.url, cache=tmp_path)
     result = download("alice/exists", "model.safetensors", hub_endpoint=hub.url, cache=tmp_path / "c")
     assert result.path.read_bytes() == weight_files.b and not result.verified and not result.from_cache
     forced = download("alice/exists", "model.safetensors", hub_endpoint=hub.url, cache=tmp_path / "c", force=True)

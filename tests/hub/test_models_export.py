@@ -28,10 +28,18 @@ def test_models_json_says_where_each_model_is(
             "metrics": {"faces-test-256": {"psnr": 28.5, "ssim": 0.81}},
         },
         "serpent-h": {"repo_id": "serpent-test/models-h", "published": True},
-        "mine": {"repo_id": "alice/mine"},
+        "mine": {"repo_id": "alice/mine", "published": False},
     }
     Path(hub_env["SERPENT_REGISTRY"]).write_text(json.dumps(registry))
-    assert run(serpent_cmd, hub_env, "download", "serpent-l").returncode == 0
+    # --all: the published ones; serpent-h's repo does not exist, which fails that one but not the batch
+    batch = run(serpent_cmd, hub_env, "download", "--all")
+    assert batch.returncode == 1, batch.stderr
+    assert "skipping models not published on the Hub: serpent-b, mine" in batch.stderr
+    assert [line for line in batch.stderr.splitlines() if line.startswith("error:")] == [
+        "error: serpent-h: repository serpent-test/models-h not found on "
+        f"{hub.url} (check --repo-id; private repos need HF_TOKEN)"
+    ]
+    assert len(batch.stdout.split()) == 1 and "models--serpent-test--models-l" in batch.stdout
 
     proc = run(serpent_cmd, hub_env, "models", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -43,7 +51,11 @@ def test_models_json_says_where_each_model_is(
     assert rows["serpent-h"]["status"] == "remote" and rows["serpent-h"]["path"] is None
     assert rows["mine"]["status"] == "unavailable" and rows["mine"]["published"] is False
     assert rows["serpent-l"]["url"] == f"{hub.url}/serpent-test/models-l"
-    assert hub.count("HEAD", "models-h") == 0  # listing never touches the network
+    hub.reset_log()
+    table = run(serpent_cmd, dict(hub_env, COLUMNS="200"), "models")
+    assert table.returncode == 0, table.stderr
+    assert "sha256 MISMATCH" in table.stdout and "unavailable" in table.stdout
+    assert hub.requests == []  # listing never touches the network
 
 
 def test_export_writes_a_hub_ready_folder(

@@ -132,8 +132,8 @@ def verify_sha256(path: Path, expected: str, what: str = "") -> str:
     if digest != expected.lower():
         raise WeightsError(
             f"{path}: sha256 {digest[:16]}... does not match the registered {what or 'weights'} "
-            f"({expected[:16]}...); the file is corrupt, truncated or replaced. "
-            f"Restore it or run 'serpent download {what} --force'"
+            f"({expected[:16]}...); the file is corrupt, truncated or replaced. Restore it (reinstall serpent "
+            f"for bundled weights, 'serpent download {what or 'NAME'} --force' for the Hub cache)"
         )
     return digest
 

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import FakeHub, WeightFiles, closed_port
+from hubserver import FakeHub, WeightFiles, closed_port
 
 
 def run(cmd: list[str], env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FakeHub, WeightFiles
+from hubserver import FakeHub, WeightFiles
 from safetensors.torch import save_file
 
 from serpent_cli import create_model

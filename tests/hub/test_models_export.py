@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import FakeHub, WeightFiles
+from hubserver import FakeHub, WeightFiles
 from huggingface_hub import ModelCard
 
 

@@ -85,12 +85,10 @@ def _where(repo_id: str, filename: str, revision: str) -> str:
 
 def _remove_from_cache(path: Path, cache: str | Path | None) -> None:
     """Drop a bad file from the Hub cache: the snapshot link and the blob it points to (cache only)."""
-    root = cache_dir(cache).resolve()
-    link = Path(os.path.abspath(path))
-    blob = path.resolve()
-    for candidate in (link, blob):
+    roots = {Path(os.path.abspath(cache_dir(cache))), cache_dir(cache).resolve()}
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
         try:
-            if candidate.is_relative_to(root):
+            if any(candidate.is_relative_to(root) for root in roots):
                 candidate.unlink(missing_ok=True)
         except OSError:
             pass

@@ -24,7 +24,7 @@ from typing import Any
 
 from serpent_cli import __version__
 from serpent_cli.errors import SerpentError, UsageError
-from serpent_cli.registry import sha256_file
+from serpent_cli.registry import RegistryEntry, sha256_file
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -253,4 +253,45 @@ def download(
         size=path.stat().st_size,
         from_cache=from_cache,
         verified=expected_sha256 is not None,
+    )
+
+
+def download_registered(
+    entry: RegistryEntry,
+    *,
+    revision: str | None = None,
+    filename: str | None = None,
+    force: bool = False,
+    tqdm_class: type | None = None,
+    on_warning: Callable[[str], Any] | None = None,
+) -> DownloadResult:
+    """Download a registry entry's file; the pin is checked when the pinned revision and file are asked for.
+
+    An entry that is not published is refused without any request: the registry does not pretend.
+    """
+    from serpent_cli.weights import bundled_weights_dir
+
+    warn = on_warning or (lambda _msg: None)
+    if not entry.published:
+        bundled = bundled_weights_dir() / entry.bundled_filename
+        where = f"bundled in {bundled}" if bundled.is_file() else f"not bundled either ({bundled.name} missing)"
+        raise HubError(
+            f"{entry.name} is not published on the Hub yet ({entry.repo_id}); its weights are {where}. "
+            f"For your own repo use --repo-id OWNER/NAME"
+        )
+    rev = revision or entry.revision
+    fname = filename or entry.filename
+    pinned = rev == entry.revision and fname == entry.filename
+    if not pinned:
+        warn(f"{entry.name}: {fname}@{rev} is not the registered file, so its sha256 is not checked against the pin")
+    elif entry.sha256 is None:
+        warn(f"{entry.name}: the registry pins no sha256 yet, so the file cannot be verified")
+    return download(
+        entry.repo_id,
+        fname,
+        rev,
+        expected_sha256=entry.sha256 if pinned else None,
+        force=force,
+        tqdm_class=tqdm_class,
+        on_warning=warn,
     )

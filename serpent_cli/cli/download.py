@@ -10,9 +10,9 @@ from tqdm.std import tqdm as _std_tqdm
 
 from serpent_cli.cli.common import err_console, error_line, info, stderr_is_terminal, verbosity, warn
 from serpent_cli.errors import EXIT_SOME_FAILED, SerpentError, UsageError
-from serpent_cli.hub import DownloadResult, download, endpoint
-from serpent_cli.registry import HUB_FILENAME, RegistryEntry, get_entry, load_registry
-from serpent_cli.weights import bundled_weights_dir, read_config
+from serpent_cli.hub import DownloadResult, download, download_registered, endpoint
+from serpent_cli.registry import HUB_FILENAME, get_entry, load_registry
+from serpent_cli.weights import read_config
 
 
 class RichDownloadBar(_std_tqdm):
@@ -64,32 +64,6 @@ class RichDownloadBar(_std_tqdm):
 def _check_weights(result: DownloadResult) -> str:
     """A downloaded file must be a serpent weights file; returns the variant it describes."""
     return read_config(result.path).name
-
-
-def _fetch_entry(entry: RegistryEntry, revision: str | None, filename: str | None, force: bool) -> DownloadResult:
-    if not entry.published:
-        bundled = bundled_weights_dir() / entry.bundled_filename
-        where = f"bundled in {bundled}" if bundled.is_file() else f"not bundled either ({bundled.name} missing)"
-        raise SerpentError(
-            f"{entry.name} is not published on the Hub yet ({entry.repo_id}); its weights are {where}. "
-            f"For your own repo use --repo-id OWNER/NAME"
-        )
-    rev = revision or entry.revision
-    fname = filename or entry.filename
-    pinned = rev == entry.revision and fname == entry.filename
-    if not pinned:
-        warn(f"{entry.name}: {fname}@{rev} is not the registered file, so its sha256 is not checked against the pin")
-    elif entry.sha256 is None:
-        warn(f"{entry.name}: the registry pins no sha256 yet, so the file cannot be verified")
-    return download(
-        entry.repo_id,
-        fname,
-        rev,
-        expected_sha256=entry.sha256 if pinned else None,
-        force=force,
-        tqdm_class=RichDownloadBar.for_label(entry.name),
-        on_warning=warn,
-    )
 
 
 def _report(label: str, result: DownloadResult) -> None:
@@ -157,7 +131,14 @@ def download_command(
                     on_warning=warn,
                 )
             else:
-                result = _fetch_entry(entry, revision, filename, force)
+                result = download_registered(
+                    entry,
+                    revision=revision,
+                    filename=filename,
+                    force=force,
+                    tqdm_class=RichDownloadBar.for_label(entry.name),
+                    on_warning=warn,
+                )
             variant = _check_weights(result)
         except UsageError:
             raise  # a malformed request is exit 2, whatever else was asked

@@ -160,3 +160,23 @@ def test_load_shows_a_saved_run(serpent_cmd: list[str], timed_run: tuple[dict, P
     table = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("│")]
     assert [ln.split("│")[1].strip() for ln in table] == ["serpent-b", "unet-32"]
     assert "infer ms" in proc.stdout and "×1" in proc.stdout
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_without_spandrel(tmp_path: Path, explicit: bool) -> None:
+    """spandrel missing: the default list drops its peers with a warning; asking for one is a clear exit 2."""
+    models = "['-m', 'swinir-b']" if explicit else "[]"
+    code = (
+        "import sys; sys.modules['spandrel'] = None; "
+        f"sys.argv = ['serpent', 'bench', '--flops-only', '-r', '32', '--json'] + {models}; "
+        "from serpent_cli.cli import main; main()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert "Traceback" not in proc.stderr
+    if explicit:
+        assert proc.returncode == 2 and "need the spandrel package" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert "SwinIR and NAFNet peers left out" in proc.stderr
+    names = [row["model"] for row in json.loads(proc.stdout)["rows"]]
+    assert names == ["serpent-b", "serpent-l", "serpent-h", "unet-32", "unet-64", "unet-128"]

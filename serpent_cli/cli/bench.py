@@ -210,7 +210,12 @@ def _num(value: float | None) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return "" if value is None else f" [dim]×{value:.3g}[/dim]"
+    """×N when N times the reference's value, ÷N when N times less (×0.00424 reads worse than ÷236)."""
+    if value is None:
+        return ""
+    if value >= 1 or value == 0:
+        return f" [dim]×{value:.3g}[/dim]"
+    return f" [dim]÷{1 / value:.3g}[/dim]"
 
 
 def _measured(row: dict[str, Any], kind: str, what: str) -> str:
@@ -230,7 +235,7 @@ def results_table(result: dict[str, Any]) -> Table:
     table = Table(
         title=f"serpent bench on {env['device']} ({env['device_name']}), torch {env['torch_version']}, "
         f"scan backend {env['scan_backend']}",
-        caption=f"×N = value / {settings['reference']}'s value at the same size; "
+        caption=f"×N / ÷N: N times more / less than {settings['reference']} at the same size; "
         + ("FLOPs counted on meta tensors" if flops_only else f"median of {settings['repeats']}, batch 1, "
            f"inference {settings['precision']}, training fp32 + Adam"),
     )

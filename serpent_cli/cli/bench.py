@@ -213,7 +213,7 @@ def _ratio(value: float | None) -> str:
     """×N when N times the reference's value, ÷N when N times less (×0.00424 reads worse than ÷236)."""
     if value is None:
         return ""
-    if value >= 1 or value == 0:
+    if value >= 0.99 or value == 0:
         return f" [dim]×{value:.3g}[/dim]"
     return f" [dim]÷{1 / value:.3g}[/dim]"
 

@@ -57,6 +57,7 @@ FWD_STATE = KernelConfig(block_d=8, num_warps=4)
 FWD_OUT = KernelConfig(block_d=4, num_warps=4)
 BWD_STATE = KernelConfig(block_d=8, num_warps=4)
 BWD_MAIN = KernelConfig(block_d=2, num_warps=4)
+MIN_CHUNK = 8
 MAX_CARRY_BLOCK = 1024
 
 
@@ -422,8 +423,9 @@ def selective_scan_triton(
     ``chunk`` (a power of two; default ``CHUNK``) is the time-tile length, exposed for tests
     and tuning.  Inputs may be fp32, bf16 or fp16; states and reductions are fp32.
     """
-    chunk = chunk or CHUNK
-    if chunk & (chunk - 1):
+    if chunk is None:  # short sequences (coarse scales) get a tile no longer than they are
+        chunk = min(CHUNK, max(MIN_CHUNK, triton.next_power_of_2(u.shape[-1])))
+    if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
     if u.shape[-1] == 0:
         return torch.empty_like(u)

@@ -113,6 +113,11 @@ def sync(device: torch.device) -> None:
 
 
 WARMUP = 1  # calls before timing (compiles the kernels); 0 in --cpu-smoke
+DEADLINE = math.inf  # time.monotonic() after which remaining measurements are skipped (--time-limit-s)
+
+
+def out_of_time() -> bool:
+    return time.monotonic() > DEADLINE
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
@@ -191,6 +196,10 @@ def stage_check(args: argparse.Namespace, device: torch.device, shapes: list, ba
                 if backend == "torch":
                     continue
                 row: dict[str, Any] = {"shape": list(shape), "dtype": dname, "backend": backend}
+                if out_of_time():
+                    row["error"] = "skipped: time limit"
+                    rows.append(row)
+                    continue
                 try:
                     got = forward_backward(scan_fn(backend), ins, gy)
                     row["rel_error"] = rel_errors(got, reference)
@@ -217,6 +226,10 @@ def stage_time(args: argparse.Namespace, device: torch.device, shapes: list, bac
             for backend in backends:
                 repeats = args.torch_repeats if backend == "torch" else args.repeats
                 row: dict[str, Any] = {"shape": list(shape), "dtype": dname, "backend": backend}
+                if out_of_time():
+                    row["error"] = "skipped: time limit"
+                    rows.append(row)
+                    continue
                 try:
                     fwd, fwd_bwd = _scan_steps(scan_fn(backend), ins, leaves, gy)
                     row["fwd_ms"] = timed(fwd, device, repeats)
@@ -308,6 +321,10 @@ def stage_models(args: argparse.Namespace, device: torch.device, backends: list[
                     if backend == "torch" and not args.cpu_smoke:
                         continue  # the issue compares triton with mamba here
                     row: dict[str, Any] = {"model": variant, "size": size, "precision": amp, "backend": backend}
+                    if out_of_time():
+                        row["error"] = "skipped: time limit"
+                        rows.append(row)
+                        continue
                     os.environ["SERPENT_SCAN_BACKEND"] = backend
                     try:
                         step = _model_step(model, image, amp == "bf16")
@@ -367,6 +384,12 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["check", "time", "models"],
                         choices=["check", "sweep", "time", "models"])
     parser.add_argument("--backends", nargs="+", default=["triton", "mamba", "torch"])
+    parser.add_argument("--check-backends", nargs="+", default=["triton", "mamba"],
+                        help="backends the check stage compares with the PyTorch scan")
+    parser.add_argument("--time-limit-s", type=float, default=None,
+                        help="skip the remaining measurements after this many seconds (results so far are kept)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="merge the JSON files of earlier runs (stage lists concatenated) into --out and exit")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--torch-repeats", type=int, default=2, help="the chunked PyTorch scan is slow")
@@ -376,6 +399,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU under TRITON_INTERPRET=1")
     args = parser.parse_args()
+    if args.merge:
+        merge_reports(args.merge, args.out or Path("scan_gpu.json"))
+        return
+    if args.time_limit_s:
+        global DEADLINE
+        DEADLINE = time.monotonic() + args.time_limit_s
 
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -409,7 +438,7 @@ def main() -> None:
     }
     print(f"device {name}; peak {peak} TB/s; backends {backends}; torch {torch.__version__}", flush=True)
     stages: dict[str, Callable[[], list]] = {
-        "check": lambda: stage_check(args, device, shapes, backends),
+        "check": lambda: stage_check(args, device, shapes, [b for b in backends if b in args.check_backends]),
         "sweep": lambda: stage_sweep(args, device, shapes) if "triton" in backends else [],
         "time": lambda: stage_time(args, device, shapes, backends),
         "models": lambda: stage_models(args, device, backends),
@@ -425,6 +454,27 @@ def main() -> None:
         report["summary"] = summarise(report)
         out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report["summary"], indent=1))
+    print(f"wrote {out}")
+
+
+def merge_reports(paths: list[Path], out: Path) -> None:
+    """One report from several runs of this script (e.g. before and after mamba-ssm was built)."""
+    merged: dict[str, Any] = {"parts": []}
+    for path in paths:
+        if not path.exists():
+            merged["parts"].append({"file": path.name, "missing": True})
+            continue
+        part = json.loads(path.read_text())
+        merged["parts"].append({"file": path.name, **{k: v for k, v in part.items() if not isinstance(v, list)}})
+        for key, value in part.items():
+            if isinstance(value, list) and key in ("check", "sweep", "time", "models"):
+                merged.setdefault(key, []).extend(value)
+            elif key not in merged and not isinstance(value, dict):
+                merged[key] = value
+    merged["shapes"] = [list(s) for s in FULL_SHAPES] if "shapes" not in merged else merged["shapes"]
+    merged["summary"] = summarise(merged)
+    out.write_text(json.dumps(merged, indent=1))
+    print(json.dumps(merged["summary"], indent=1))
     print(f"wrote {out}")
 
 

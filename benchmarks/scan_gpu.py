@@ -272,35 +272,55 @@ def _speedups(rows: list[dict]) -> None:
 
 
 def stage_sweep(args: argparse.Namespace, device: torch.device, shapes: list) -> list[dict]:
-    """Triton tile configurations at the first shape, fp32: chunk x channel tile x warps."""
+    """Triton tile configurations at the first shape, fp32, to pick the library defaults.
+
+    Forward: chunk length x (channel tile, warps) of the output kernel, timing the forward.
+    Backward: (channel tile, warps) of the main backward kernel at each chunk, timing forward+backward.
+    """
     import serpent_cli.ops.scan_triton as st
 
     saved = (st.CHUNK, st.FWD_STATE, st.FWD_OUT, st.BWD_STATE, st.BWD_MAIN)
+    saved_via = st.REVERSE_VIA
     shape = shapes[0]
     ins = make_inputs(shape, torch.float32, device)
     gy = torch.randn(shape[0], shape[1], shape[3], device=device)
     leaves = [t.detach().clone().requires_grad_() for t in ins]
-    chunks = [16] if args.cpu_smoke else [128, 256, 512, 1024]
-    tiles = [(2, 4)] if args.cpu_smoke else [(2, 4), (4, 4), (8, 4), (4, 8), (8, 8)]
+    chunks = [16] if args.cpu_smoke else [128, 256, 512]
+    fwd_tiles = [(2, 4)] if args.cpu_smoke else [(2, 4), (4, 4), (8, 4), (8, 8)]
+    bwd_tiles = [(1, 4)] if args.cpu_smoke else [(2, 4), (4, 4), (4, 8), (8, 8)]
     rows = []
+
+    def measure(row: dict[str, Any], backward: bool) -> None:
+        if out_of_time():
+            row["error"] = "skipped: time limit"
+        else:
+            try:
+                fwd, fwd_bwd = _scan_steps(scan_fn("triton"), ins, leaves, gy)
+                row["fwd_bwd_ms" if backward else "fwd_ms"] = timed(fwd_bwd if backward else fwd, device, args.repeats)
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        rows.append(row)
+        print(f"sweep {row}", flush=True)
+
     try:
         for chunk in chunks:
-            for block_d, warps in tiles:
-                cfg = st.KernelConfig(block_d=block_d, num_warps=warps)
-                small = st.KernelConfig(block_d=max(1, block_d // 2), num_warps=warps)
-                st.CHUNK, st.FWD_STATE, st.FWD_OUT, st.BWD_STATE, st.BWD_MAIN = chunk, cfg, cfg, cfg, small
-                row: dict[str, Any] = {"chunk": chunk, "block_d": block_d, "bwd_block_d": small.block_d,
-                                       "num_warps": warps}
-                try:
-                    fwd, fwd_bwd = _scan_steps(scan_fn("triton"), ins, leaves, gy)
-                    row["fwd_ms"] = timed(fwd, device, args.repeats)
-                    row["fwd_bwd_ms"] = timed(fwd_bwd, device, args.repeats)
-                except Exception as exc:
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                rows.append(row)
-                print(f"sweep {row}", flush=True)
+            st.CHUNK = chunk
+            for block_d, warps in fwd_tiles:
+                st.FWD_OUT = st.KernelConfig(block_d=block_d, num_warps=warps)
+                measure({"kind": "fwd", "chunk": chunk, "block_d": block_d, "num_warps": warps}, backward=False)
+            st.FWD_OUT = saved[2]
+            for block_d, warps in bwd_tiles:
+                st.BWD_MAIN = st.KernelConfig(block_d=block_d, num_warps=warps)
+                measure({"kind": "fwd_bwd", "chunk": chunk, "block_d": block_d, "num_warps": warps}, backward=True)
+            st.BWD_MAIN = saved[4]
+        st.CHUNK = saved[0]
+        for via in ("flip", "gather"):
+            st.REVERSE_VIA = via
+            measure({"kind": "fwd_bwd", "chunk": st.CHUNK, "block_d": st.BWD_MAIN.block_d,
+                     "num_warps": st.BWD_MAIN.num_warps, "reverse_via": via}, backward=True)
     finally:
         st.CHUNK, st.FWD_STATE, st.FWD_OUT, st.BWD_STATE, st.BWD_MAIN = saved
+        st.REVERSE_VIA = saved_via
     return rows
 
 

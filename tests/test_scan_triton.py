@@ -5,7 +5,8 @@ subprocess (this file run as a script); it computes every case once and reports 
 errors as JSON, and the tests below assert on them.  Shapes are tiny (the interpreter runs
 each scan element in Python) but cover several chunks, L not a multiple of the chunk, one
 step, groups > 1 (also with an odd number of channels per group), softplus on and off,
-optional D / delta_bias absent, a carry pass over several blocks, bf16 inputs, the public
+optional D / delta_bias absent, a carry pass over several blocks, bf16 inputs, both ways of
+reversing a tile in the backward (tl.flip, tl.gather), the public
 ``selective_scan(backend="triton")`` entry point, and a small Serpent network on a real photo.
 """
 
@@ -97,6 +98,17 @@ def _run_multi_block_carry() -> dict[str, Any]:
         st.MAX_CARRY_BLOCK = 1024
 
 
+def _run_gather_reverse() -> dict[str, Any]:
+    """The backward's alternative way of reversing the h tile (tl.gather instead of tl.flip)."""
+    import serpent_cli.ops.scan_triton as st
+
+    st.REVERSE_VIA = "gather"
+    try:
+        return _run_case(2, 8, 3, 37, 2, True, 16, True, "fp32")
+    finally:
+        st.REVERSE_VIA = "flip"
+
+
 def _run_public_api() -> dict[str, Any]:
     """selective_scan(backend="triton") on CPU tensors works only because the interpreter is on."""
     from serpent_cli.ops import available_backends, resolve_backend, selective_scan
@@ -145,6 +157,7 @@ def _main(image_path: str) -> None:
     torch.set_num_threads(1)
     report: dict[str, Any] = {name: _run_case(*case) for name, case in CASES.items()}
     report["multi_block_carry"] = _run_multi_block_carry()
+    report["gather_reverse"] = _run_gather_reverse()
     report["public_api"] = _run_public_api()
     report["model"] = _run_model(image_path)
     print(json.dumps(report))
@@ -165,7 +178,7 @@ def report(data_dir: Path) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", [*CASES, "multi_block_carry"])
+@pytest.mark.parametrize("case", [*CASES, "multi_block_carry", "gather_reverse"])
 def test_output_and_gradients_match_oracle(report: dict[str, Any], case: str) -> None:
     result = report[case]
     assert result["shape_ok"] and result["dtypes_ok"], "output / gradient dtypes must follow the inputs"

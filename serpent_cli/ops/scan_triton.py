@@ -21,7 +21,7 @@ backward (adjoint ``g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}``, a reverse rec
   3. ``_bwd_main_kernel``: recomputes h (forward scan) and g (forward scan on the tile loaded
      in reversed time order, so no reverse scan is needed: ``reverse=True`` scans with a
      non-commutative combine have been unreliable across Triton versions), flips h into
-     g's order with ``tl.flip``, and forms every gradient.  ``a_t h_{t-1}`` is taken as
+     g's order with ``tl.flip`` (or ``tl.gather``), and forms every gradient.  ``a_t h_{t-1}`` is taken as
      ``h_t - x_t`` (no division by a decay).  dB and dC are reduced over the channel tile
      and added atomically into fp32 buffers; dA, dD and d(delta_bias) are written as
      per-chunk partial sums and summed by PyTorch.
@@ -56,8 +56,11 @@ CHUNK = int(os.environ.get("SERPENT_TRITON_CHUNK", "256"))
 FWD_STATE = KernelConfig(block_d=8, num_warps=4)
 FWD_OUT = KernelConfig(block_d=4, num_warps=4)
 BWD_STATE = KernelConfig(block_d=8, num_warps=4)
-BWD_MAIN = KernelConfig(block_d=2, num_warps=4)
+BWD_MAIN = KernelConfig(block_d=4, num_warps=8)
 MIN_CHUNK = 8
+# How the backward turns the h tile into reversed time order: "flip" (tl.flip, xor butterflies)
+# or "gather" (tl.gather); the GPU benchmark times both, the variable allows a switch without edits.
+REVERSE_VIA = os.environ.get("SERPENT_TRITON_REVERSE", "flip")
 MAX_CARRY_BLOCK = 1024
 
 
@@ -216,7 +219,7 @@ def _bwd_main_kernel(
     du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     L, D, G, N, NC, n_dblocks, d_per_group,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, REVERSE_GATHER: tl.constexpr,
 ):
     c = tl.program_id(0)
     pid = tl.program_id(1)
@@ -225,6 +228,8 @@ def _bwd_main_kernel(
     grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
     rows = (b * D + d_offs).to(tl.int64)
     j = tl.arange(0, CHUNK)
+    if REVERSE_GATHER:
+        rev_idx = (CHUNK - 1 - j)[None, :] + tl.zeros([BLOCK_D, CHUNK], dtype=tl.int32)
     t = c * CHUNK + j  # forward time order (for h)
     tr = c * CHUNK + (CHUNK - 1) - j  # reversed time order (for g and every gradient)
     mask_t = t < L
@@ -247,7 +252,11 @@ def _bwd_main_kernel(
         b_n = tl.load(B_ptr + (bc_row + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
         h0 = tl.load(hstart_ptr + (rows * NC + c) * N + n)
         prod, h = tl.associative_scan((tl.exp(dt * a_n[:, None]), du_f * b_n[None, :]), axis=1, combine_fn=_combine)
-        h = tl.flip(h + prod * h0[:, None], 1)  # now in reversed time order
+        h = h + prod * h0[:, None]
+        if REVERSE_GATHER:  # into reversed time order
+            h = tl.gather(h, rev_idx, axis=1)
+        else:
+            h = tl.flip(h, 1)
         br_n = tl.load(B_ptr + (bc_row + n) * L + tr, mask=mask_r, other=0.0).to(tl.float32)
         cr_n = tl.load(C_ptr + (bc_row + n) * L + tr, mask=mask_r, other=0.0).to(tl.float32)
         g_in = tl.load(gin_ptr + (rows * NC + c) * N + n)
@@ -378,7 +387,8 @@ def scan_backward(
     _bwd_main_kernel[(n_chunks, batch * channels // bd)](
         u, delta, A, B, C, D if D is not None else dummy, bias, grad_y, hstart, gin,
         du, ddelta, dA, dB, dC, dD, dbias, *geo, channels // bd, dpg,
-        HAS_D=D is not None, BLOCK_D=bd, **flags, num_warps=BWD_MAIN.num_warps,
+        HAS_D=D is not None, BLOCK_D=bd, REVERSE_GATHER=REVERSE_VIA == "gather", **flags,
+        num_warps=BWD_MAIN.num_warps,
     )
     grad_D = dD.sum(dim=(0, 2)).to(D.dtype) if D is not None else None
     grad_bias = dbias.sum(dim=(0, 2)).to(delta_bias.dtype) if delta_bias is not None else None

@@ -62,6 +62,7 @@ MIN_CHUNK = 8
 # or "gather" (tl.gather); the GPU benchmark times both, the variable allows a switch without edits.
 REVERSE_VIA = os.environ.get("SERPENT_TRITON_REVERSE", "flip")
 MAX_CARRY_BLOCK = 1024
+MAX_GRID_Y = 65535
 
 
 @triton.jit
@@ -96,8 +97,8 @@ def _fwd_chunk_kernel(
     L, D, G, N, NC, n_dblocks, d_per_group,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
     b = pid // n_dblocks
     d_offs = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
@@ -160,8 +161,8 @@ def _fwd_out_kernel(
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
     b = pid // n_dblocks
     d_offs = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
@@ -192,8 +193,8 @@ def _bwd_chunk_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Local adjoint at the chunk's first step, with alpha_t = exp(A * delta_{t+1})."""
-    c = tl.program_id(0)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
     b = pid // n_dblocks
     d_offs = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
@@ -221,8 +222,8 @@ def _bwd_main_kernel(
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, REVERSE_GATHER: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
     b = pid // n_dblocks
     d_offs = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
@@ -268,8 +269,8 @@ def _bwd_main_kernel(
         grad_u += g * dtr * br_n[None, :]
         grad_dt += g * (ur * br_n[None, :] + a_n[:, None] * decayed)
         tl.store(dA_ptr + (rows * NC + c) * N + n, tl.sum(g * decayed * dtr, axis=1))
-        tl.atomic_add(dB_ptr + (bc_row + n) * L + tr, tl.sum(g * dur, axis=0), mask=mask_r)
-        tl.atomic_add(dC_ptr + (bc_row + n) * L + tr, tl.sum(h * dyr, axis=0), mask=mask_r)
+        tl.atomic_add(dB_ptr + (bc_row + n) * L + tr, tl.sum(g * dur, axis=0), mask=mask_r, sem="relaxed")
+        tl.atomic_add(dC_ptr + (bc_row + n) * L + tr, tl.sum(h * dyr, axis=0), mask=mask_r, sem="relaxed")
     if HAS_D:
         grad_u += tl.load(D_ptr + d_offs).to(tl.float32)[:, None] * dyr
         tl.store(dD_ptr + rows * NC + c, tl.sum(dyr * ur, axis=1))
@@ -330,7 +331,7 @@ def scan_forward(
     bias = delta_bias if delta_bias is not None else dummy
     geo = (length, channels, groups, n_state, n_chunks)
     bd = _block_d(FWD_STATE.block_d, dpg)
-    _fwd_chunk_kernel[(n_chunks, batch * channels // bd)](
+    _fwd_chunk_kernel[(batch * channels // bd, n_chunks)](
         u, delta, A, B, bias, local, dsum, *geo, channels // bd, dpg,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, BLOCK_D=bd, CHUNK=chunk,
         num_warps=FWD_STATE.num_warps,
@@ -338,7 +339,7 @@ def scan_forward(
     hstart = _carry(local, dsum, A, reverse=False)
     y = torch.empty_like(u)
     bd = _block_d(FWD_OUT.block_d, dpg)
-    _fwd_out_kernel[(n_chunks, batch * channels // bd)](
+    _fwd_out_kernel[(batch * channels // bd, n_chunks)](
         u, delta, A, B, C, D if D is not None else dummy, bias, hstart, y, *geo, channels // bd, dpg,
         HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, BLOCK_D=bd, CHUNK=chunk,
         num_warps=FWD_OUT.num_warps,
@@ -371,7 +372,7 @@ def scan_backward(
     agg = torch.empty(batch, channels, n_chunks, n_state, **f32)
     dsum = torch.empty(batch, channels, n_chunks, **f32)
     bd = _block_d(BWD_STATE.block_d, dpg)
-    _bwd_chunk_kernel[(n_chunks, batch * channels // bd)](
+    _bwd_chunk_kernel[(batch * channels // bd, n_chunks)](
         delta, A, C, bias, grad_y, agg, dsum, *geo, channels // bd, dpg, BLOCK_D=bd, **flags,
         num_warps=BWD_STATE.num_warps,
     )
@@ -384,7 +385,7 @@ def scan_backward(
     dD = torch.empty(batch, channels, n_chunks, **f32) if D is not None else dummy
     dbias = torch.empty(batch, channels, n_chunks, **f32) if delta_bias is not None else dummy
     bd = _block_d(BWD_MAIN.block_d, dpg)
-    _bwd_main_kernel[(n_chunks, batch * channels // bd)](
+    _bwd_main_kernel[(batch * channels // bd, n_chunks)](
         u, delta, A, B, C, D if D is not None else dummy, bias, grad_y, hstart, gin,
         du, ddelta, dA, dB, dC, dD, dbias, *geo, channels // bd, dpg,
         HAS_D=D is not None, BLOCK_D=bd, REVERSE_GATHER=REVERSE_VIA == "gather", **flags,
@@ -435,10 +436,14 @@ def selective_scan_triton(
     """
     if chunk is None:  # short sequences (coarse scales) get a tile no longer than they are
         chunk = min(CHUNK, max(MIN_CHUNK, triton.next_power_of_2(u.shape[-1])))
+        while triton.cdiv(u.shape[-1], chunk) > MAX_GRID_Y:  # chunks are the grid's y axis
+            chunk *= 2
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk must be a power of two, got {chunk}")
     if u.shape[-1] == 0:
         return torch.empty_like(u)
+    if triton.cdiv(u.shape[-1], chunk) > MAX_GRID_Y:
+        raise ValueError(f"L={u.shape[-1]} needs a chunk longer than {chunk} (at most {MAX_GRID_Y} chunks)")
     u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
     A = A.float().contiguous() if A.dtype not in (torch.float32,) else A.contiguous()
     D = D.contiguous() if D is not None else None

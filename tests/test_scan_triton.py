@@ -111,7 +111,7 @@ def _run_gather_reverse() -> dict[str, Any]:
 
 def _run_public_api() -> dict[str, Any]:
     """selective_scan(backend="triton") on CPU tensors works only because the interpreter is on."""
-    from serpent_cli.ops import available_backends, resolve_backend, selective_scan
+    from serpent_cli.ops import _triton_verified, available_backends, resolve_backend, selective_scan
     from serpent_cli.ops.scan_reference import selective_scan_reference
 
     ins = _inputs(1, 4, 2, 300, 1, True, True, seed=5)
@@ -122,6 +122,7 @@ def _run_public_api() -> dict[str, Any]:
         "scale": ref.abs().max().item(),
         "available": available_backends("cpu"),
         "auto": resolve_backend("auto", "cpu"),
+        "self_check": _triton_verified(torch.device("cpu")),  # what "auto" runs once per CUDA device
     }
 
 
@@ -194,6 +195,27 @@ def test_public_entry_point_and_auto_choice(report: dict[str, Any]) -> None:
     assert api["error"] <= 1e-5 * max(api["scale"], 1.0)
     assert api["available"] == ["torch", "triton"]  # triton on CPU only under the interpreter ...
     assert api["auto"] == "torch"  # ... and never chosen by auto there
+    assert api["self_check"] is True
+
+
+def test_failed_self_check_warns_and_auto_skips_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Triton that computes wrong numbers (or fails to compile) must never be picked by auto."""
+    import serpent_cli.ops as ops
+
+    def wrong(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return ops.selective_scan_torch(*args, **kwargs) * 1.01
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("PTX assembly failed")
+
+    for fake, message in ((wrong, "self-check"), (broken, "unusable")):
+        monkeypatch.setattr(ops, "_triton_fn", lambda fake=fake: fake)
+        with pytest.warns(RuntimeWarning, match=message):
+            assert ops._triton_verified.__wrapped__(torch.device("cpu")) is False
+    monkeypatch.setattr(ops, "_triton_verified", lambda device: False)
+    monkeypatch.setattr(ops, "available_backends", lambda device: ["triton", "torch"])
+    monkeypatch.delenv("SERPENT_SCAN_BACKEND", raising=False)
+    assert ops.resolve_backend("auto", "cpu") == "torch"
 
 
 def test_serpent_network_same_with_triton_backend(report: dict[str, Any]) -> None:

@@ -295,7 +295,7 @@ def _block_d(wanted: int, d_per_group: int) -> int:
 def _carry(local: torch.Tensor, dsum: torch.Tensor, A: torch.Tensor, reverse: bool) -> torch.Tensor:
     batch, channels, n_chunks, n_state = local.shape
     out = torch.empty_like(local)
-    block_c = min(MAX_CARRY_BLOCK, triton.next_power_of_2(n_chunks))
+    block_c = min(MAX_CARRY_BLOCK, max(2, triton.next_power_of_2(n_chunks)))
     _carry_kernel[(batch * channels,)](
         local, dsum, A, out, channels, n_state, n_chunks,
         REVERSE=reverse, BLOCK_C=block_c, NP=triton.next_power_of_2(n_state), num_warps=4,

@@ -6,6 +6,7 @@
 # Results land in $OUT (default benchmarks/results/gpu_run): scan_gpu.json (merged report),
 # the two partial reports, the logs, and mamba-ssm's build log.
 #
+# With the project's device tool: run(command="bash benchmarks/gpu_run.sh", carry=[".carry"], timeout_s=570).
 # Timeline (about 7-8 minutes of command time):
 #   1. mamba-ssm builds from its sdist in the background (DESIGN.md section 8: cc_flag reduced
 #      to sm_90, MAMBA_FORCE_BUILD=TRUE MAX_JOBS=14 pip wheel --no-build-isolation --no-deps .);
@@ -17,13 +18,15 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu_run}
 CARRY=${CARRY:-.carry}
-PHASE1_S=${PHASE1_S:-200}
+PHASE1_S=${PHASE1_S:-150}
 PHASE2_S=${PHASE2_S:-300}
 # GPU_RUN_SMOKE=1: rehearse this script on a CPU machine (tiny sizes under TRITON_INTERPRET=1;
 # the mamba-ssm sdist is unpacked and patched but not compiled, which needs nvcc).
 SMOKE=${GPU_RUN_SMOKE:-0}
 SMOKE_FLAG=(); [ "$SMOKE" = 1 ] && SMOKE_FLAG=(--cpu-smoke)
 mkdir -p "$OUT"
+PY=${PYTHON:-$(command -v python || command -v python3)}
+python() { "$PY" "$@"; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)

@@ -3,11 +3,16 @@
 ``selective_scan`` is the one entry point; it dispatches to a backend:
 
 * ``torch``  - vectorised chunked scan in plain PyTorch (any device),
-* ``triton`` - our GPU kernels (CUDA only),
+* ``triton`` - our GPU kernels (CUDA; on CPU tensors only under ``TRITON_INTERPRET=1``,
+  which is slow and meant for tests),
 * ``mamba``  - ``mamba_ssm``'s CUDA kernel when that optional package imports.
 
-``auto`` picks the fastest backend available for the tensors' device.  The environment
-variable ``SERPENT_SCAN_BACKEND`` forces one (useful for benchmarks and bug reports).
+``auto`` picks the fastest backend available for the tensors' device: on CUDA ``triton``
+when it imports and passes a one-time self-check against the PyTorch scan (so a broken
+Triton install degrades to a slower backend with a warning, never to wrong results), else
+``mamba`` when present, else ``torch``.  The environment variable ``SERPENT_SCAN_BACKEND``
+forces one (useful for benchmarks and bug reports); forcing one that cannot run on the
+tensors' device is a one-line error saying why.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 
 import torch
 
+from serpent_cli.errors import UsageError
 from serpent_cli.ops.scan_torch import selective_scan_torch
 
 BACKENDS = ("auto", "torch", "triton", "mamba")
@@ -27,8 +34,12 @@ ENV_VAR = "SERPENT_SCAN_BACKEND"
 ScanFn = Callable[..., torch.Tensor]
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UsageError, RuntimeError):
     """A scan backend was asked for that cannot run here (missing package or device)."""
+
+
+class UnknownBackend(UsageError, ValueError):
+    """A scan backend name that does not exist (from an argument or SERPENT_SCAN_BACKEND)."""
 
 
 @functools.cache
@@ -51,8 +62,54 @@ def _triton_fn() -> ScanFn | None:
     return selective_scan_triton
 
 
+def _triton_interpreting() -> bool:
+    """Triton's CPU interpreter is on (it must be set before triton is first imported)."""
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+@functools.cache
+def _triton_verified(device: torch.device) -> bool:
+    """One-time check per device that the Triton scan agrees with the PyTorch scan.
+
+    Small shape, L not a multiple of the chunk, forward and all gradients.  A failure (a
+    compiler bug, an unsupported GPU) is a warning and ``auto`` moves on to the next backend.
+    """
+    fn = _triton_fn()
+    if fn is None:
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        b, d, n, length, g = 1, 8, 4, 300, 2  # two chunks of 256, the second ragged
+
+        def r(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen).to(device).requires_grad_()
+
+        A = (-torch.rand(d, n, generator=gen) - 0.5).to(device).requires_grad_()
+        ins = [r(b, d, length), r(b, d, length), A, r(b, g, n, length), r(b, g, n, length), r(d), r(d)]
+        y = fn(*ins, True)
+        ref = selective_scan_torch(*ins, True)
+        gy = torch.randn(y.shape, generator=gen).to(device)
+        got = torch.autograd.grad(y, ins, gy)
+        want = torch.autograd.grad(ref, ins, gy)
+        ok = all(
+            torch.allclose(a, w, rtol=1e-3, atol=1e-3) for a, w in zip((y, *got), (ref, *want), strict=True)
+        )
+    except Exception as exc:  # compile or launch failure: fall back, but say so
+        warnings.warn(f"Triton scan unusable on {device} ({type(exc).__name__}: {exc}); using another backend",
+                      RuntimeWarning, stacklevel=2)
+        return False
+    if not ok:
+        warnings.warn(f"Triton scan failed its self-check on {device}; using another backend",
+                      RuntimeWarning, stacklevel=2)
+    return ok
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on ``device``, fastest first."""
+    """Backends that can run on ``device``, the one ``auto`` prefers first.
+
+    On CPU, ``triton`` is listed (after ``torch``, so never picked by ``auto``) only while
+    ``TRITON_INTERPRET=1``: the interpreter is for tests, far too slow for real work.
+    """
     device = torch.device(device)
     found = []
     if device.type == "cuda":
@@ -61,23 +118,47 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
         if _mamba_fn() is not None:
             found.append("mamba")
     found.append("torch")
+    if device.type == "cpu" and _triton_interpreting() and _triton_fn() is not None:
+        found.append("triton")
     return found
+
+
+def _why_unavailable(backend: str, device: torch.device) -> str:
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed (pip install triton; Linux x86-64 with a CUDA GPU)"
+        if _triton_fn() is None:
+            return "triton is installed but does not import here"
+        return (f"Triton kernels run on CUDA devices, not on {device.type} "
+                "(TRITON_INTERPRET=1 runs them on CPU tensors, slowly, for testing)")
+    if backend == "mamba":
+        if importlib.util.find_spec("mamba_ssm") is None:
+            return "the mamba-ssm package is not installed (pip install 'serpent-cli[cuda]'; it needs CUDA to build)"
+        if device.type != "cuda":
+            return f"mamba-ssm's kernels run on CUDA devices, not on {device.type}"
+        return "mamba-ssm is installed but does not import (a CUDA build problem?)"
+    return f"it cannot run on {device}"
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
     """Turn ``auto`` (or the environment override) into a concrete backend name."""
+    device = torch.device(device)
     forced = os.environ.get(ENV_VAR, "").strip().lower()
     if backend == "auto" and forced:
         backend = forced
     if backend not in BACKENDS:
-        raise ValueError(f"unknown scan backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        raise UnknownBackend(f"unknown scan backend {backend!r}; choose from {', '.join(BACKENDS)}")
     usable = available_backends(device)
     if backend == "auto":
-        return usable[0]
+        for name in usable:
+            if name != "triton" or _triton_verified(device):
+                return name
+        return "torch"
     if backend not in usable:
+        source = f" (from {ENV_VAR})" if forced and forced == backend else ""
         raise BackendUnavailable(
-            f"scan backend {backend!r} is not available on {torch.device(device)} "
-            f"(available: {', '.join(usable)})"
+            f"scan backend {backend!r}{source} cannot run: {_why_unavailable(backend, device)}; "
+            f"available on {device}: {', '.join(n for n in usable if n != 'triton' or device.type == 'cuda')}"
         )
     return backend
 
@@ -151,4 +232,12 @@ def _check_shapes(u, delta, A, B, C, D, delta_bias) -> None:  # type: ignore[no-
             raise ValueError(f"{name} must be (channels={channels},); got {tuple(t.shape)}")
 
 
-__all__ = ["BACKENDS", "BackendUnavailable", "available_backends", "get_backend", "resolve_backend", "selective_scan"]
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "UnknownBackend",
+    "available_backends",
+    "get_backend",
+    "resolve_backend",
+    "selective_scan",
+]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ def load_restoration_model(model: str | None, weights: Path | None) -> tuple[nn.
 
     ``--weights`` wins (its stored config names the variant; ``--model``, if given, must match);
     else ``--model``'s bundled weights; else the first of :data:`DEFAULT_ORDER` that is bundled.
+    ``SERPENT_WEIGHTS_DIR`` replaces the bundled folder (tests, and users with a shared weights folder).
     A missing file or no trained weights at all is a :class:`UsageError` (exit 2) saying how to fix it.
     """
     from serpent_cli.config import VARIANTS
@@ -126,7 +128,7 @@ def load_restoration_model(model: str | None, weights: Path | None) -> tuple[nn.
             raise UsageError(f"--weights {weights}: no such file")
         net = load_model(weights, expected_name=model)
         return net, net.config.name, weights  # type: ignore[union-attr]
-    folder = bundled_weights_dir()
+    folder = Path(os.environ.get("SERPENT_WEIGHTS_DIR") or bundled_weights_dir())
     candidates = [model] if model is not None else list(DEFAULT_ORDER)
     for name in candidates:
         path = folder / f"{name}.safetensors"

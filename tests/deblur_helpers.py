@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -31,3 +32,12 @@ def run(cmd: list[str], *, stdin: bytes | None = None, env: dict[str, str] | Non
     """Run a command with one thread per process and captured bytes."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1", **(env or {})}
     return subprocess.run(cmd, input=stdin, capture_output=True, env=full_env, timeout=timeout)
+
+
+@pytest.fixture
+def one_thread():
+    """In-process model runs on one thread: on a loaded 2-core machine two OpenMP threads ran 20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from deblur_helpers import crop, make_weights, run
+from deblur_helpers import crop, make_weights, one_thread, run  # noqa: F401  (one_thread: fixture)
 from PIL import Image, ImageCms
 
 from serpent_cli.imageio import ORIENTATION_TAG, read_picture
@@ -199,6 +199,7 @@ class _Overflows(torch.nn.Module):
         return x + self.up(x) / 1e6
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_reduced_precision_falls_back_to_fp32(data_dir: Path) -> None:
     img = crop(data_dir, "kodak24", 1, (0, 0, 64, 48))
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]

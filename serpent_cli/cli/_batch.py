@@ -19,7 +19,7 @@ def run_batch(jobs: list[Job], work: Work, *, ctx: DistContext, json_out: bool, 
 
     Alone, results stream as they finish.  Under torchrun each rank takes every N-th runnable input;
     rank 0 also reports inputs that failed before any work, gathers every rank's results, and prints
-    them in input order; all ranks return the same exit code.
+    them in input order and returns the exit code (the other ranks return 0).
     """
     stream = not ctx.is_distributed
 
@@ -52,4 +52,6 @@ def run_batch(jobs: list[Job], work: Work, *, ctx: DistContext, json_out: bool, 
             warn("nothing to do")
         else:
             info(summary(everything, verb) + (f" on {ctx.world_size} processes" if ctx.is_distributed else ""))
-    return exit_code(everything)
+    # Only rank 0 reports failure through its exit code: a non-zero exit of another rank makes
+    # torchrun terminate rank 0, possibly before it has printed the results.
+    return exit_code(everything) if ctx.is_main else 0

@@ -118,7 +118,7 @@ def deblur_command(
             return Result(
                 path=job.source, output=job.output, size=[pic.width, pic.height], status="ok",
                 extra={"model": variant, "tile": report.tile, "precision": report.precision, "mode": pic.mode,
-                       "bit_depth": pic.bit_depth},
+                       "bit_depth": pic.bit_depth, **({"rank": ctx.rank} if ctx.is_distributed else {})},
             )
 
         code = run_batch(jobs, work, ctx=ctx, json_out=json_out, verb="deblurred")

@@ -44,6 +44,7 @@ class Job:
     key: str  # relative path used for output naming and per-file seeds
     output: str | None = None  # a path, or "-" for stdout
     error: str | None = None
+    from_folder: bool = False  # found by listing a folder (not named on the command line)
 
 
 @dataclass
@@ -81,12 +82,21 @@ def _is_glob(text: str) -> bool:
     return any(ch in _GLOB_CHARS for ch in text)
 
 
-def expand_inputs(inputs: Sequence[str], recursive: bool, warn: Callable[[str], None]) -> list[Job]:
-    """Turn command-line inputs into jobs (without outputs yet), keeping the given order."""
-    jobs: list[Job] = []
+def expand_inputs(
+    inputs: Sequence[str], recursive: bool, warn: Callable[[str], None], *, exclude: str | None = None
+) -> list[Job]:
+    """Turn command-line inputs into jobs (without outputs yet), keeping the given order.
 
-    def add(source: str, key: str, error: str | None = None) -> None:
-        jobs.append(Job(index=len(jobs), source=source, key=key, error=error))
+    Files found in folders under ``exclude`` (the ``-o`` folder) are left out, so writing the
+    outputs inside an input folder does not feed them back in on the next run.
+    """
+    jobs: list[Job] = []
+    skip_under = Path(exclude).resolve() if exclude not in (None, STDIO) else None
+
+    def add(source: str, key: str, error: str | None = None, from_folder: bool = False) -> None:
+        if from_folder and skip_under is not None and Path(source).resolve().is_relative_to(skip_under):
+            return
+        jobs.append(Job(index=len(jobs), source=source, key=key, error=error, from_folder=from_folder))
 
     for text in inputs:
         if text == STDIO:
@@ -124,12 +134,26 @@ def _add_folder(folder: Path, recursive: bool, add: Callable[..., None], warn: C
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             warn(f"skipping {p}: not an image file (extension {p.suffix or 'none'})")
             continue
-        add(str(p), rel.as_posix())
+        add(str(p), rel.as_posix(), from_folder=True)
         found += 1
     if not found:
         where = "or its subfolders " if recursive else ""
         hint = "" if recursive else " (use --recursive for subfolders)"
         add(str(folder), folder.name, f"{folder}: no images in this folder {where}{hint}".replace("  ", " ").strip())
+
+
+def drop_earlier_outputs(jobs: list[Job], naming: Naming) -> list[Job]:
+    """Without ``-o``, files found in folders whose names already end with the suffix are earlier
+    outputs (``photo_deblurred.png``): leave them out instead of restoring them again."""
+    if naming.output is not None:
+        return jobs
+    suffix = naming.suffix if naming.suffix is not None else naming.default_suffix
+    if not suffix:
+        return jobs
+    kept = [j for j in jobs if not (j.from_folder and Path(j.key).stem.endswith(suffix))]
+    for index, job in enumerate(kept):
+        job.index = index
+    return kept
 
 
 def assign_outputs(jobs: list[Job], naming: Naming) -> None:

@@ -56,3 +56,21 @@ def test_degrade_bad_options_and_inputs(data_dir: Path, tmp_path: Path, serpent_
     assert mixed.returncode == 1 and "Traceback" not in err
     assert sum(line.startswith("error:") for line in err.splitlines()) == 2
     assert (tmp_path / "o" / "kodim.png").is_file() and not (tmp_path / "o" / "README.png").exists()
+
+
+def test_earlier_outputs_are_not_fed_back_in(data_dir: Path, tmp_path: Path) -> None:
+    """Outputs written inside an input folder (-o there, or the suffix beside) are not inputs next time."""
+    from serpent_cli.batch import Naming, assign_outputs, drop_earlier_outputs, expand_inputs
+
+    src = _clean_tree(data_dir, tmp_path)
+    (src / "out").mkdir()
+    (src / "out" / "kodim.png").write_bytes((src / "kodim.png").read_bytes())
+    (src / "kodim_degraded.png").write_bytes((src / "kodim.png").read_bytes())
+    warnings: list[str] = []
+    inside = expand_inputs([str(src)], True, warnings.append, exclude=str(src / "out"))
+    assert sorted(j.key for j in inside) == ["faces/face.png", "kodim.png", "kodim_degraded.png"]
+    assert len(warnings) == 1 and "README.txt" in warnings[0]
+    naming = Naming(default_suffix="_degraded")
+    beside = drop_earlier_outputs(expand_inputs([str(src)], False, warnings.append), naming)
+    assign_outputs(beside, naming)
+    assert [(j.key, Path(j.output).name) for j in beside] == [("kodim.png", "kodim_degraded.png")]

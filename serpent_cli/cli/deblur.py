@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from serpent_cli.batch import STDIO, Job, Naming, Result, assign_outputs, check_existing, expand_inputs
+from serpent_cli.batch import (
+    STDIO,
+    Job,
+    Naming,
+    Result,
+    assign_outputs,
+    check_existing,
+    drop_earlier_outputs,
+    expand_inputs,
+)
 from serpent_cli.cli._batch import read_stdin_once, run_batch
 from serpent_cli.cli.common import warn
 from serpent_cli.errors import UsageError
@@ -62,7 +71,7 @@ def deblur_command(
 ) -> None:
     """Restore blurred, noisy images. Exit code 0: all done; 1: some inputs failed; 2: usage error."""
     from serpent_cli.device import resolve_device, resolve_precision
-    from serpent_cli.distributed import init_distributed, shutdown
+    from serpent_cli.distributed import context_from_env, init_distributed, shutdown
     from serpent_cli.imageio import EXTENSION_BY_FORMAT, format_for, read_picture, write_picture
     from serpent_cli.restore import Restorer, load_restoration_model
 
@@ -80,9 +89,11 @@ def deblur_command(
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
 
-    jobs = expand_inputs(inputs, recursive, warn)
+    main_rank = context_from_env().is_main  # planning runs on every rank; only rank 0 warns
+    jobs = expand_inputs(inputs, recursive, warn if main_rank else lambda _: None, exclude=output)
     naming = Naming(output=output, template=name, suffix=suffix, default_suffix="_deblurred",
                     fields={"model": model or "serpent"})
+    jobs = drop_earlier_outputs(jobs, naming)
     ctx = init_distributed(dev.type)
     try:
         if ctx.is_distributed and STDIO in inputs:

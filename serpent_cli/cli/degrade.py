@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from serpent_cli.batch import STDIO, Job, Naming, Result, assign_outputs, check_existing, expand_inputs
+from serpent_cli.batch import (
+    STDIO,
+    Job,
+    Naming,
+    Result,
+    assign_outputs,
+    check_existing,
+    drop_earlier_outputs,
+    expand_inputs,
+)
 from serpent_cli.cli._batch import read_stdin_once, run_batch
 from serpent_cli.cli.common import warn
 from serpent_cli.errors import UsageError
@@ -60,8 +69,9 @@ def degrade_command(
     if inputs.count(STDIO) > 1:
         raise UsageError("- (stdin) can be given once")
 
-    jobs = expand_inputs(inputs, recursive, warn)
-    assign_outputs(jobs, Naming(output=output, template=name, suffix=suffix, default_suffix="_degraded"))
+    naming = Naming(output=output, template=name, suffix=suffix, default_suffix="_degraded")
+    jobs = drop_earlier_outputs(expand_inputs(inputs, recursive, warn, exclude=output), naming)
+    assign_outputs(jobs, naming)
 
     def work(job: Job) -> Result:
         assert job.output is not None

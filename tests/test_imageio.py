@@ -178,3 +178,11 @@ def test_failed_write_leaves_existing_file_and_no_temp(data_dir: Path, tmp_path:
         write_picture(pic, tmp_path / "out.png")
     assert not (tmp_path / "out.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.jpg"]  # no temporary left behind
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_is_one_clear_error(data_dir: Path, tmp_path: Path) -> None:
+    _photo(data_dir).save(tmp_path / "locked.png")
+    (tmp_path / "locked.png").chmod(0)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        read_picture(tmp_path / "locked.png")

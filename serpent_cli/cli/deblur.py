@@ -1,10 +1,138 @@
-"""`serpent deblur` (not built yet)."""
+"""`serpent deblur`: restore images (files, folders, globs, stdin) with a Serpent network."""
 
 from __future__ import annotations
 
-from serpent_cli.cli.common import not_built
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from serpent_cli.batch import (
+    STDIO,
+    Job,
+    Naming,
+    Result,
+    assign_outputs,
+    check_existing,
+    drop_earlier_outputs,
+    expand_inputs,
+)
+from serpent_cli.cli._batch import read_stdin_once, run_batch
+from serpent_cli.cli.common import warn
+from serpent_cli.errors import UsageError
 
 
-def deblur_command() -> None:
-    """Not available in this version yet."""
-    not_built("deblur")
+def parse_tile(text: str) -> int | None:
+    """'auto' -> None, '0' -> 0 (no tiling), 'N' -> N (at least 32)."""
+    text = text.strip().lower()
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--tile {text!r}: use auto, 0 (no tiling) or a size in pixels") from None
+    if value != 0 and value < 32:
+        raise UsageError(f"--tile {value}: tiles must be at least 32 pixels (or 0 for no tiling)")
+    if value < 0:
+        raise UsageError("--tile must not be negative")
+    return value
+
+
+def deblur_command(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders, globs, or - for stdin.", show_default=False)
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Output file (one input), folder, or - for stdout. Default: beside input."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="serpent-b, serpent-l or serpent-h (default: first bundled).")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A serpent .safetensors file.")] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Descend into subfolders; mirror the tree.")
+    ] = False,
+    suffix: Annotated[
+        str | None, typer.Option(help="Added to output names (default _deblurred beside the input, none in -o DIR).")
+    ] = None,
+    name: Annotated[
+        str, typer.Option(help="Output name template: {stem} {suffix} {ext} {model}.")
+    ] = "{stem}{suffix}{ext}",
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    tile: Annotated[str, typer.Option(help="auto, 0 (whole image) or tile size in pixels.")] = "auto",
+    tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels.")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    quality: Annotated[int, typer.Option(help="JPEG quality of JPEG outputs (1-100).")] = 95,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON result per input on stdout.")] = False,
+) -> None:
+    """Restore blurred, noisy images. Exit code 0: all done; 1: some inputs failed; 2: usage error."""
+    from serpent_cli.device import resolve_device, resolve_precision
+    from serpent_cli.distributed import context_from_env, init_distributed, shutdown
+    from serpent_cli.imageio import EXTENSION_BY_FORMAT, format_for, read_picture, write_picture
+    from serpent_cli.restore import Restorer, load_restoration_model
+
+    tile_size = parse_tile(tile)
+    if tile_overlap < 0:
+        raise UsageError("--tile-overlap must be >= 0")
+    if not 1 <= quality <= 100:
+        raise UsageError(f"--quality {quality}: use 1-100")
+    if skip_existing and overwrite:
+        raise UsageError("--skip-existing and --overwrite exclude each other; pick one")
+    if json_out and output == STDIO:
+        raise UsageError("--json and -o - both want stdout; write the image to a file")
+    if inputs.count(STDIO) > 1:
+        raise UsageError("- (stdin) can be given once")
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+
+    main_rank = context_from_env().is_main  # planning runs on every rank; only rank 0 warns
+    jobs = expand_inputs(inputs, recursive, warn if main_rank else lambda _: None, exclude=output)
+    naming = Naming(output=output, template=name, suffix=suffix, default_suffix="_deblurred",
+                    fields={"model": model or "serpent"})
+    jobs = drop_earlier_outputs(jobs, naming)
+    ctx = init_distributed(dev.type)
+    try:
+        if ctx.is_distributed and STDIO in inputs:
+            raise UsageError("- (stdin) cannot be used under torchrun")
+        if ctx.is_distributed and dev.type == "cuda":
+            import torch
+
+            dev = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
+        net = variant = None
+        if any(j.error is None for j in jobs):
+            net, variant, _ = load_restoration_model(model, weights)
+            naming.fields["model"] = variant
+        assign_outputs(jobs, naming)
+        restorer = Restorer(net, dev, dtype, tile=tile_size, overlap=tile_overlap) if net is not None else None
+
+        def work(job: Job) -> Result:
+            assert job.output is not None and restorer is not None
+            if check_existing(job.output, overwrite=overwrite, skip_existing=skip_existing) == "skip":
+                return Result(path=job.source, output=job.output, status="skipped")
+            source = read_stdin_once() if job.source == STDIO else job.source
+            pic = read_picture(source, name=job.source if job.source != STDIO else "<stdin>")
+            restored, report = restorer.restore(pic)
+            for note in report.warnings:
+                warn(f"{job.source}: {note}")
+            if job.output == STDIO:
+                fmt = pic.format if pic.format in EXTENSION_BY_FORMAT else "PNG"
+                notes = write_picture(restored, sys.stdout.buffer, fmt=fmt, jpeg_quality=quality)
+            else:
+                format_for(job.output)
+                notes = write_picture(restored, Path(job.output), jpeg_quality=quality)
+            for note in notes:
+                warn(f"{job.output}: {note}")
+            return Result(
+                path=job.source, output=job.output, size=[pic.width, pic.height], status="ok",
+                extra={"model": variant, "tile": report.tile, "precision": report.precision, "mode": pic.mode,
+                       "bit_depth": pic.bit_depth, **({"rank": ctx.rank} if ctx.is_distributed else {})},
+            )
+
+        code = run_batch(jobs, work, ctx=ctx, json_out=json_out, verb="deblurred")
+    finally:
+        shutdown()
+    raise SystemExit(code)

@@ -1,0 +1,93 @@
+"""Throughput of `serpent deblur` on one large photo: wall time and peak RSS of the real command.
+
+A real photo (kodak24 by default) is centre-cropped to a square and upsampled (bicubic) to
+--size x --size (2048 by default), written as PNG, and restored by the installed `serpent deblur`
+as a subprocess with --tile auto.  Peak RSS is the child's maximum resident set size.  Uses the
+bundled weights of --model when present, else a random-init network of that variant (the speed
+and memory are the same; only the picture quality differs).
+
+    OMP_NUM_THREADS=2 python benchmarks/deblur_throughput.py --data ../shared/data --threads 2 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from serpent_cli.models import create_model
+from serpent_cli.weights import bundled_weights_dir, save_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--photo", default="kodak24/kodim23.png", help="relative to --data")
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--model", default="serpent-b")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tile", default="auto")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        with Image.open(args.data / args.photo) as img:
+            img = img.convert("RGB")
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            big = img.crop((left, top, left + side, top + side)).resize((args.size, args.size), Image.BICUBIC)
+        big.save(tmp / "big.png")
+        weights = bundled_weights_dir() / f"{args.model}.safetensors"
+        trained = weights.is_file()
+        if not trained:
+            torch.manual_seed(0)
+            weights = save_model(create_model(args.model), tmp / "w.safetensors")
+        serpent = Path(sys.executable).with_name("serpent")
+        cmd = [str(serpent)] if serpent.exists() else [sys.executable, "-m", "serpent_cli"]
+        cmd += ["deblur", str(tmp / "big.png"), "-o", str(tmp / "out.png"), "--weights", str(weights),
+                "--device", args.device, "--tile", args.tile, "--json"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(f"deblur failed ({proc.returncode}): {proc.stderr.strip()}")
+        row = json.loads(proc.stdout.splitlines()[-1])
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+    result = {
+        "model": args.model,
+        "trained_weights": trained,
+        "size": [args.size, args.size],
+        "threads": args.threads,
+        "device": args.device,
+        "tile_used": row.get("tile"),
+        "seconds_wall": round(wall, 2),
+        "seconds_restore": row.get("seconds"),
+        "megapixels_per_second": round(args.size**2 / 1e6 / row["seconds"], 4),
+        "peak_rss_mib": round(peak_rss_mib, 1),
+        "cpu": platform.processor() or platform.machine(),
+        "cores_visible": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from serpent_cli.errors import UsageError
+from serpent_cli.errors import UsageError, WeightsError
 from serpent_cli.imageio import Picture
 from serpent_cli.tiling import bytes_per_pixel_estimate, run_tiled
 
@@ -115,11 +114,12 @@ def load_restoration_model(model: str | None, weights: Path | None) -> tuple[nn.
 
     ``--weights`` wins (its stored config names the variant; ``--model``, if given, must match);
     else ``--model``'s bundled weights; else the first of :data:`DEFAULT_ORDER` that is bundled.
-    ``SERPENT_WEIGHTS_DIR`` replaces the bundled folder (tests, and users with a shared weights folder).
+    ``SERPENT_WEIGHTS_DIR`` replaces the bundled folder (tests, and users with a shared weights folder);
+    weights fetched with ``serpent download`` are found in the Hub cache.
     A missing file or no trained weights at all is a :class:`UsageError` (exit 2) saying how to fix it.
     """
     from serpent_cli.config import VARIANTS
-    from serpent_cli.weights import bundled_weights_dir, load_model
+    from serpent_cli.weights import bundled_weights_dir, load_model, resolve_pretrained
 
     if model is not None and model not in VARIANTS:
         raise UsageError(f"unknown --model {model!r}; choose one of {', '.join(VARIANTS)}")
@@ -128,12 +128,14 @@ def load_restoration_model(model: str | None, weights: Path | None) -> tuple[nn.
             raise UsageError(f"--weights {weights}: no such file")
         net = load_model(weights, expected_name=model)
         return net, net.config.name, weights  # type: ignore[union-attr]
-    folder = Path(os.environ.get("SERPENT_WEIGHTS_DIR") or bundled_weights_dir())
     candidates = [model] if model is not None else list(DEFAULT_ORDER)
     for name in candidates:
-        path = folder / f"{name}.safetensors"
-        if path.is_file():
-            return load_model(path, expected_name=name), name, path
+        try:
+            path = resolve_pretrained(name)  # bundled weights/ first, then the Hub cache
+        except WeightsError:
+            continue
+        return load_model(path, expected_name=name), name, path
+    folder = bundled_weights_dir()
     wanted = candidates[0]
     missing = f"{wanted}.safetensors" if model is not None else ", ".join(f"{n}.safetensors" for n in candidates)
     raise UsageError(

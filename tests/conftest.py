@@ -12,8 +12,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SERPENT_TEST_DATA", REPO.parent / "shared" / "data"))
 
-# Tests share 2 cores with whatever else runs; keep torch from oversubscribing them.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests share 2 cores with subprocesses they start; one thread each keeps them from oversubscribing.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

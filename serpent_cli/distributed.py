@@ -1,0 +1,80 @@
+"""Process groups for torchrun: the same command runs alone or as one of N ranks.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them everything here degrades to a
+single process, so callers never branch on how they were started.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands among the ranks of one job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def context_from_env() -> DistContext:
+    """The rank layout torchrun gave this process (a lone process is rank 0 of 1)."""
+    return DistContext(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def init_distributed(device_type: str = "cpu") -> DistContext:
+    """Join the process group when started by torchrun (gloo on CPU, nccl on CUDA); idempotent."""
+    ctx = context_from_env()
+    if ctx.is_distributed and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" and dist.is_nccl_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group(backend=backend)
+    return ctx
+
+
+def shard(items: Sequence[T], ctx: DistContext) -> list[T]:
+    """This rank's share of ``items`` (round-robin, so sizes differ by at most one)."""
+    return list(items[ctx.rank :: ctx.world_size])
+
+
+def gather_objects(obj: object, ctx: DistContext) -> list[object]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not (ctx.is_distributed and dist.is_initialized()):
+        return [obj]
+    gathered: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for all ranks (no-op alone)."""
+    if ctx.is_distributed and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ class TrainResult:
     """What a finished (or resumed-and-finished) run produced."""
 
     run_dir: Path
+    is_main: bool
     start_step: int
     final_step: int
     model_path: Path
@@ -372,6 +374,8 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
     net: nn.Module = model
     if ctx.is_distributed:
+        # Depthwise-conv grads come back channels-last: harmless for DDP, but it warns every run.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     dataset = RandomCropDataset(scan.images, opts.crop, seed=opts.seed)
@@ -495,4 +499,4 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
         log.close()
     if tb is not None:
         tb.close()
-    return TrainResult(run_dir, start_step, step, run_dir / "model.safetensors", history)
+    return TrainResult(run_dir, main, start_step, step, run_dir / "model.safetensors", history)

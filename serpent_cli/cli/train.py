@@ -98,4 +98,5 @@ def train_command(
         seed=seed, workers=workers, device=device, precision=precision, resume=resume,
     )
     result = train(opts, RichReporter(log_every), warn)
-    info(f"done: step {result.final_step}; weights in {result.model_path}")
+    if result.is_main:
+        info(f"done: step {result.final_step}; weights in {result.model_path}")

@@ -230,6 +230,13 @@ def latest_state(run_dir: Path, warn: Any = None) -> dict[str, Any] | None:
     return None
 
 
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files a killed run left behind (never a finished checkpoint: those are renamed)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+
+
 def _prune(run_dir: Path, keep: int) -> None:
     for step, path in state_files(run_dir)[keep:]:
         path.unlink(missing_ok=True)
@@ -391,6 +398,7 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     log = tb = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(run_dir)
         _atomic_write(run_dir / "run.json", lambda tmp: Path(tmp).write_text(
             json.dumps(asdict(opts) | {"world_size": ctx.world_size, "lr_used": lr, "total_steps": total},
                        indent=2, sort_keys=True) + "\n"))

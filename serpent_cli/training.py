@@ -27,10 +27,11 @@ import json
 import math
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,8 +288,30 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    yield from loader
+class _StopRequest:
+    """Ctrl-C / SIGTERM during a single-process run: finish the step, save a state, then stop.
+
+    Not used under torchrun (ranks would stop at different steps and deadlock; torchrun handles
+    signals itself).  A second signal gets the default behaviour.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def validate(model: nn.Module, items: list[EvalImage], device: torch.device,
@@ -424,6 +447,7 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "best_val_psnr": best, "options": json.dumps(asdict(opts)),
+            "elapsed_s": prior_elapsed + time.perf_counter() - t0,
         }
         _atomic_write(ckpt / f"state-{step:08d}.pt", lambda tmp: torch.save(payload, tmp))
         save_weights(ema_model, run_dir / "model.safetensors", m)
@@ -443,6 +467,7 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
 
     net.train()
     step = start_step
+    prior_elapsed = float(state.get("elapsed_s", 0.0)) if state else 0.0
     t_last, n_last, t0 = time.perf_counter(), step, time.perf_counter()
     loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
     if main and val_items and start_step == 0:
@@ -450,55 +475,63 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
         log.write({"step": 0, "epoch": 0.0, **stats})  # type: ignore[union-attr]
         reporter.message(f"step 0: val PSNR {stats['val_psnr']:.2f} dB (degraded input "
                          f"{stats['val_psnr_degraded']:.2f} dB), SSIM {stats['val_ssim']:.4f}")
-    for degraded, clean in _batches(loader):
-        degraded = degraded.to(device, non_blocking=True)
-        clean = clean.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-            out = net(degraded)
-        out = out.float()
-        loss = F.l1_loss(out, clean) if opts.loss == "l1" else F.mse_loss(out, clean)
-        if not torch.isfinite(loss):
-            raise SerpentError(f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr "
-                               f"or resume from the last checkpoint with --resume")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        ema.update(model, step)
-        with torch.no_grad():
-            mse = (out.detach().clamp(0, 1) - clean).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-            psnr_sum += float((10 * torch.log10(1 / mse)).mean())
-        loss_sum += float(loss.detach())
-        n_sum += 1
-        sync = step % opts.save_every == 0 or step == total or (bool(opts.val) and step % opts.val_every == 0)
-        if not main:
+    stop = _StopRequest(enabled=not ctx.is_distributed)
+    try:
+        for degraded, clean in loader:
+            degraded = degraded.to(device, non_blocking=True)
+            clean = clean.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+                out = net(degraded)
+            out = out.float()
+            loss = F.l1_loss(out, clean) if opts.loss == "l1" else F.mse_loss(out, clean)
+            if not torch.isfinite(loss):
+                raise SerpentError(f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr "
+                                   f"or resume from the last checkpoint with --resume")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            ema.update(model, step)
+            with torch.no_grad():
+                mse = (out.detach().clamp(0, 1) - clean).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+                psnr_sum += float((10 * torch.log10(1 / mse)).mean())
+            loss_sum += float(loss.detach())
+            n_sum += 1
+            sync = step % opts.save_every == 0 or step == total or (bool(opts.val) and step % opts.val_every == 0)
+            if not main:
+                if sync:
+                    dist_util.barrier(ctx)
+                continue
+            now = time.perf_counter()
+            it_s = (step - n_last) / max(now - t_last, 1e-9)
+            row: dict[str, Any] = {}
+            if step % opts.log_every == 0 or step == total:
+                row = {"loss": loss_sum / n_sum, "train_psnr": psnr_sum / n_sum, "lr": lr, "it_s": it_s}
+                loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
+                t_last, n_last = now, step
+            if val_items and (step % opts.val_every == 0 or step == total):
+                row |= run_validation(step)
+                reporter.message(f"step {step}: val PSNR {row['val_psnr']:.2f} dB (degraded input "
+                                 f"{row['val_psnr_degraded']:.2f} dB), SSIM {row['val_ssim']:.4f}")
+            if row:
+                row |= {"step": step, "epoch": step / steps_per_epoch, "elapsed_s": prior_elapsed + now - t0}
+                log.write(row)  # type: ignore[union-attr]
+                if tb is not None:
+                    for k, v in row.items():
+                        if k not in ("step", "epoch") and isinstance(v, float):
+                            tb.add_scalar(k, v, step)
+            reporter.step(step, {"loss": float(loss.detach()), "it_s": it_s} | {k: v for k, v in row.items()
+                                                                                  if k in ("train_psnr", "val_psnr")})
+            if step % opts.save_every == 0 or step == total or stop.requested:
+                save(step)
             if sync:
                 dist_util.barrier(ctx)
-            continue
-        now = time.perf_counter()
-        it_s = (step - n_last) / max(now - t_last, 1e-9)
-        row: dict[str, Any] = {}
-        if step % opts.log_every == 0 or step == total:
-            row = {"loss": loss_sum / n_sum, "train_psnr": psnr_sum / n_sum, "lr": lr, "it_s": it_s}
-            loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
-            t_last, n_last = now, step
-        if val_items and (step % opts.val_every == 0 or step == total):
-            row |= run_validation(step)
-            reporter.message(f"step {step}: val PSNR {row['val_psnr']:.2f} dB (degraded input "
-                             f"{row['val_psnr_degraded']:.2f} dB), SSIM {row['val_ssim']:.4f}")
-        if row:
-            row |= {"step": step, "epoch": step / steps_per_epoch, "elapsed_s": now - t0}
-            log.write(row)  # type: ignore[union-attr]
-            if tb is not None:
-                for k, v in row.items():
-                    if k not in ("step", "epoch") and isinstance(v, float):
-                        tb.add_scalar(k, v, step)
-        reporter.step(step, {"loss": float(loss.detach()), "it_s": it_s} | {k: v for k, v in row.items()
-                                                                              if k in ("train_psnr", "val_psnr")})
-        if step % opts.save_every == 0 or step == total:
-            save(step)
-        if sync:
-            dist_util.barrier(ctx)
+            if stop.requested:
+                stop.restore()
+                reporter.message(f"stopped at step {step}: state saved; continue with --resume")
+                raise KeyboardInterrupt
+    finally:
+        stop.restore()
     if main and step == start_step and state is not None:
         reporter.message(f"already at step {step} of {total}; nothing to do (raise --steps to train longer)")
         if not (run_dir / "model.safetensors").is_file():

@@ -36,10 +36,11 @@ def small_train(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return root
 
 
-def _train(cmd: list[str], data: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+def _train(cmd: list[str], data: Path, out: Path, *extra: str, check: bool = True,
+           timeout: float = 300) -> subprocess.CompletedProcess:
     args = [*cmd, "train", str(data), "--crop", "32", "--batch-size", "2", "--out", str(out), "--log-every", "1",
             *extra]
-    proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -120,6 +121,27 @@ def test_sigkill_then_resume_continues_from_last_saved_step(serpent_cmd: list[st
     assert not list(run.rglob(".*.tmp"))  # temporaries of the killed run were cleaned up
 
 
+def test_sigterm_saves_the_current_step_and_exits_130(serpent_cmd: list[str], small_train: Path,
+                                                     tmp_path: Path) -> None:
+    """A scheduler's SIGTERM (or Ctrl-C) finishes the step, saves a state there, and says how to go on."""
+    run = tmp_path / "stopped"
+    args = [*serpent_cmd, "train", str(small_train), "--model", "unet-32", "--crop", "32", "--steps", "100000",
+            "--save-every", "3", "--out", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while not state_files(run) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "state saved; continue with --resume" in err and "Traceback" not in err
+    step = int(err.split("stopped at step ")[1].split(":")[0])
+    assert state_files(run)[0][0] == step and load_state(state_files(run)[0][1])["step"] == step
+
+
 def test_two_process_torchrun_gloo_matches_one_process(serpent_cmd: list[str], small_train: Path,
                                                        tmp_path: Path) -> None:
     """2 ranks x batch 1 see the samples 1 process x batch 2 sees; DDP averages grads -> same weights."""
@@ -138,7 +160,7 @@ def test_two_process_torchrun_gloo_matches_one_process(serpent_cmd: list[str], s
     init = create_model("unet-32").state_dict()
     moved = max(float((a[k] - init[k]).abs().max()) for k in a)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert moved > 1e-3 and diff < 1e-4 * max(1.0, moved * 100)
+    assert moved > 1e-3 and diff < 1e-5
 
 
 def test_bad_inputs_are_one_clear_line(serpent_cmd: list[str], small_train: Path, tmp_path: Path) -> None:
@@ -191,7 +213,7 @@ def test_serpent_b_learns_to_beat_the_degraded_input(serpent_cmd: list[str], dat
     run = tmp_path / "learn"
     _train(serpent_cmd, data_dir / "natural-train", run, "--model", "serpent-b", "--batch-size", "4", "--lr", "1e-3",
            "--steps", "300", "--val", str(data_dir / "natural-val"), "--val-every", "100", "--val-crop", "128",
-           "--save-every", "300", "--log-every", "50")
+           "--save-every", "300", "--log-every", "50", timeout=1800)  # ~150 s of CPU; the machine may be busy
     val = [r for r in _rows(run) if r["val_psnr"]]
     first, last = val[0], val[-1]
     assert int(first["step"]) == 0 and int(last["step"]) == 300

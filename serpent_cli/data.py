@@ -16,6 +16,7 @@ Decisions (the issue is silent on these):
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from serpent_cli.degradation import BENCHMARK, Degradation, stable_seed
-from serpent_cli.errors import UsageError
+from serpent_cli.errors import SerpentError, UsageError
 from serpent_cli.imageio import IMAGE_EXTENSIONS, read_rgb
 
 
@@ -95,11 +96,26 @@ class RandomCropDataset(torch.utils.data.Dataset):
         self.margin = degradation.kernel_size // 2 if degradation.blur_sigma > 0 else 0
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
         self._perm: dict[int, list[int]] = {}
+        self._bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def _load(self, i: int) -> torch.Tensor:
+        """Image i in [0, 1]; an image whose pixel data turns out corrupt is replaced by the next good one."""
+        n = len(self.images)
+        for j in (i + d for d in range(n)):
+            j %= n
+            if j in self._bad:
+                continue
+            try:
+                return self._decode(j)
+            except (OSError, ValueError, SyntaxError):
+                self._bad.add(j)
+                sys.stderr.write(f"warning: skipping unreadable image {self.images[j]}\n")
+        raise SerpentError("none of the training images could be decoded")
+
+    def _decode(self, i: int) -> torch.Tensor:
         if self._cache is not None and i in self._cache:
             return self._cache[i].float() / 255.0
         img = read_rgb(self.images[i])

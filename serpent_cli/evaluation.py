@@ -24,8 +24,9 @@ from torch import nn
 
 from serpent_cli.data import center_crop, relative_key, scan_image_folder
 from serpent_cli.degradation import BENCHMARK, Degradation, seeded_generator
+from serpent_cli.errors import UsageError
 from serpent_cli.imageio import read_rgb
-from serpent_cli.metrics import LPIPS, lpips_unavailable_reason, psnr, ssim
+from serpent_cli.metrics import LPIPS, SSIM_WINDOW, lpips_unavailable_reason, psnr, ssim
 
 EVAL_SEED = 0
 BASELINE_NAME = "degraded input"
@@ -56,14 +57,27 @@ def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = Non
                   degradation: Degradation = BENCHMARK) -> tuple[list[EvalImage], list[Path]]:
     """Clean images of ``folder`` (recursive, sorted) with their deterministic degradations, and skipped files."""
     scan = scan_image_folder(Path(folder))
-    paths = scan.images[:limit] if limit else scan.images
+    skipped = list(scan.skipped)
     items = []
-    for path in paths:
+    for path, (w, h) in zip(scan.images, scan.sizes):
+        if limit and len(items) >= limit:
+            break
+        if min(w, h) < SSIM_WINDOW:  # SSIM is undefined below its window size
+            skipped.append(path)
+            continue
+        try:
+            image = read_rgb(path)
+        except (OSError, ValueError, SyntaxError):  # header fine, pixel data truncated or corrupt
+            skipped.append(path)
+            continue
         key = relative_key(path, scan.root)
-        clean = center_crop(read_rgb(path), crop).contiguous()
+        clean = center_crop(image, crop).contiguous()
         degraded = degradation(clean, generator=seeded_generator(key, seed))
         items.append(EvalImage(key, clean, degraded))
-    return items, scan.skipped
+    if not items:
+        raise UsageError(f"no usable images in {folder} (all were unreadable or smaller than "
+                         f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels)")
+    return items, skipped
 
 
 Restore = Callable[[torch.Tensor], torch.Tensor]

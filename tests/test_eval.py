@@ -110,3 +110,19 @@ def test_bad_inputs_are_one_clear_line(serpent_cmd: list[str], weights: Path, fo
         assert proc.returncode == code, (args, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_unusable_images_are_skipped_with_a_warning(serpent_cmd: list[str], weights: Path, data_dir: Path,
+                                                     tmp_path: Path) -> None:
+    from PIL import Image
+
+    src = data_dir / "natural-val" / "sunhays80_img_001.png"
+    with Image.open(src) as img:
+        img.crop((0, 0, 64, 64)).save(tmp_path / "good.png")
+        img.crop((0, 0, 8, 8)).save(tmp_path / "tiny.png")
+    jpeg = sorted((data_dir / "natural-train").glob("*.jpg"))[0].read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    proc = _eval(serpent_cmd, str(tmp_path), "--weights", str(weights), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 2 file(s)" in proc.stderr and "tiny.png" in proc.stderr and "truncated.jpg" in proc.stderr
+    assert {r["image"] for r in json.loads(proc.stdout)["images"]} == {"good.png"}

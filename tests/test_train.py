@@ -194,16 +194,21 @@ def test_existing_run_is_never_clobbered(serpent_cmd: list[str], small_train: Pa
     assert (run / "model.safetensors").read_bytes() == before
 
 
-def test_images_smaller_than_the_crop_are_padded(serpent_cmd: list[str], data_dir: Path, tmp_path: Path) -> None:
+def test_small_images_are_padded_and_corrupt_ones_skipped(serpent_cmd: list[str], data_dir: Path,
+                                                          tmp_path: Path) -> None:
     from PIL import Image
 
     data = tmp_path / "tiny"
     data.mkdir()
     with Image.open(data_dir / "natural-val" / "sunhays80_img_001.png") as img:
         img.crop((0, 0, 20, 24)).save(data / "tiny.png")
+    jpeg = sorted((data_dir / "natural-train").glob("*.jpg"))[0].read_bytes()
+    (data / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # header fine, pixels cut off
     run = tmp_path / "run"
     proc = _train(serpent_cmd, data, run, "--model", "unet-32", "--steps", "2", "--save-every", "2")
     assert "smaller than --crop 32" in proc.stderr
+    assert "skipping unreadable image" in proc.stderr and "truncated.jpg" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert (run / "model.safetensors").is_file()
 
 

@@ -64,7 +64,7 @@ def evaluate_command(
     net = net.to(dev).eval()
     items, skipped = load_eval_set(folder, seed=seed, crop=crop or None, limit=limit)
     if skipped:
-        warn(f"skipped {len(skipped)} file(s) that are not readable images: "
+        warn(f"skipped {len(skipped)} file(s) (not images, unreadable, or under 11x11 px): "
              + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     info(f"evaluating {model} on {len(items)} image(s) from {folder} on {dev}")
     show = stderr_is_terminal() and not verbosity.quiet

@@ -221,6 +221,8 @@ def test_serpent_b_learns_to_beat_the_degraded_input(serpent_cmd: list[str], dat
            "--save-every", "300", "--log-every", "50", timeout=1800)  # ~150 s of CPU; the machine may be busy
     val = [r for r in _rows(run) if r["val_psnr"]]
     first, last = val[0], val[-1]
+    print(" ".join(f"step {r['step']}: val {float(r['val_psnr']):.2f} dB / degraded {float(r['val_psnr_degraded']):.2f}"
+                   for r in val))
     assert int(first["step"]) == 0 and int(last["step"]) == 300
     assert float(last["val_psnr"]) > float(first["val_psnr"]) + 1.0
     assert float(last["val_psnr"]) > float(last["val_psnr_degraded"]) + 0.2

@@ -366,6 +366,8 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     val_items: list[EvalImage] = []
     if opts.val and main:
         val_items, _ = load_eval_set(Path(opts.val), crop=opts.val_crop, limit=opts.val_limit)
+    elif opts.val:
+        scan_image_folder(Path(opts.val))  # fail on every rank alike, not only on rank 0
 
     # Resume or refuse to clobber an existing run.
     existing = state_files(run_dir)

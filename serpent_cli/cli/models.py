@@ -1,10 +1,49 @@
-"""`serpent models` (not built yet)."""
+"""`serpent models`: the registered weights and where each one is (bundled, cached, remote, unavailable)."""
 
 from __future__ import annotations
 
-from serpent_cli.cli.common import not_built
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from serpent_cli.cli.common import info, out_console
+from serpent_cli.registry import model_status
+
+_STATUS_STYLE = {"bundled": "green", "cached": "green", "remote": "cyan", "unavailable": "yellow"}
 
 
-def models_command() -> None:
-    """Not available in this version yet."""
-    not_built("models")
+def models_command(
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (for scripts).")] = False,
+) -> None:
+    """List the registered models: Hub repo and pinned revision, sha256, and whether the weights are
+    bundled in weights/, in the Hub cache, only remote, or not available yet."""
+    rows = model_status()
+    if json_out:
+        typer.echo(json.dumps({"models": rows}, indent=2))
+        return
+    table = Table(title="Registered models")
+    for column in ("name", "status", "hub repo @ revision", "sha256 pin", "metrics"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        metrics = "; ".join(
+            f"{ds} " + " ".join(f"{k} {v:.4g}" for k, v in vals.items()) for ds, vals in row["metrics"].items()
+        )
+        status = row["status"]
+        if row["pin_ok"] is False:
+            status += " (sha256 MISMATCH)"
+        where = f"{row['repo_id']} @ {row['revision'][:12]}" + ("" if row["published"] else " (not published)")
+        table.add_row(
+            row["name"],
+            f"[{_STATUS_STYLE.get(row['status'], 'white')}]{status}[/]",
+            where,
+            (row["sha256"][:12] + "...") if row["sha256"] else "not pinned",
+            metrics or "-",
+        )
+    out_console.print(table)
+    if not any(row["published"] for row in rows):
+        info(
+            "No weights are published on the Hub yet: trained weights ship in weights/ (bundled); "
+            "'serpent export WEIGHTS -o DIR' makes the folder to upload."
+        )

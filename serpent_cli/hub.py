@@ -1,0 +1,297 @@
+"""Fetching weights from the Hugging Face Hub: huggingface_hub does the transfer and the cache, we add the checks.
+
+``huggingface_hub`` honours ``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT`` (and
+``HF_TOKEN``) itself; this module only uses its public API (``hf_hub_download``, ``get_hf_file_metadata``,
+``try_to_load_from_cache``) and turns every way a download can go wrong into one clear :class:`HubError` line.
+
+Decisions:
+- Before downloading we ask the server for the file's metadata once, without retries. When that fails
+  (connection refused, HTTP 5xx) and the file is cached we use the cached copy with a warning; when it is not
+  cached we fail at once with the reason, instead of sitting through the client's retry back-off.
+- Every file is hashed after the transfer. A registered file whose sha256 differs from the pin is removed
+  from the cache again (so the next run fetches it afresh) and the command fails.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serpent_cli import __version__
+from serpent_cli.errors import SerpentError, UsageError
+from serpent_cli.registry import RegistryEntry, sha256_file
+
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class HubError(SerpentError):
+    """A download failed: server, network, cache or hash problem. The message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """Where a downloaded (or already cached) file lies and what it hashes to."""
+
+    repo_id: str
+    filename: str
+    revision: str
+    path: Path
+    sha256: str
+    size: int
+    from_cache: bool
+    verified: bool  # True when the sha256 matched a pin
+
+
+def endpoint(override: str | None = None) -> str:
+    """The Hub address in use: ``override``, else ``HF_ENDPOINT``, else huggingface.co."""
+    from huggingface_hub import constants
+
+    return str(override or constants.ENDPOINT).rstrip("/")
+
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    """The Hub cache folder in use: ``override``, else ``HF_HUB_CACHE``, else ``HF_HOME/hub``."""
+    from huggingface_hub import constants
+
+    return Path(override or constants.HF_HUB_CACHE)
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set: only the cache may be used."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def cached_file(repo_id: str, filename: str, revision: str = "main", *, cache: str | Path | None = None) -> Path | None:
+    """The cached copy of ``repo_id/filename@revision``, or None; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision, cache_dir=str(cache_dir(cache)))
+    except (ValueError, OSError):
+        return None
+    return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
+
+
+def _where(repo_id: str, filename: str, revision: str) -> str:
+    return f"{repo_id}/{filename}@{revision}"
+
+
+def _remove_from_cache(path: Path, cache: str | Path | None) -> None:
+    """Drop a bad file from the Hub cache: the snapshot link and the blob it points to (cache only)."""
+    roots = {Path(os.path.abspath(cache_dir(cache))), cache_dir(cache).resolve()}
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        try:
+            if any(candidate.is_relative_to(root) for root in roots):
+                candidate.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _validate(repo_id: str, filename: str, revision: str) -> None:
+    """Reject a malformed repo id, file name or revision before any request, as a usage error."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"invalid repo id {repo_id!r}: {exc}") from None
+    if not filename or filename.startswith("/") or ".." in filename.split("/") or "\\" in filename:
+        raise UsageError(f"invalid file name {filename!r}: give a path inside the repo, e.g. model.safetensors")
+    if not revision.strip():
+        raise UsageError("empty --revision")
+
+
+def _probe(repo_id: str, filename: str, revision: str, hub_url: str) -> tuple[str | None, str | None]:
+    """Ask the server for the file's metadata once. Returns (commit, None) or (None, why it is unreachable).
+
+    Errors that no cache can fix (repo, revision or file not found, access denied) raise :class:`HubError`.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = _where(repo_id, filename, revision)
+    url = hf_hub_url(repo_id, filename, revision=revision, endpoint=hub_url)
+    try:
+        meta = get_hf_file_metadata(url)
+    except GatedRepoError:
+        raise HubError(f"{repo_id} is gated on {hub_url}: accept its terms and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise HubError(
+            f"repository {repo_id} not found on {hub_url} (check --repo-id; private repos need HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise HubError(f"revision {revision!r} not found in {repo_id} on {hub_url} (check --revision)") from None
+    except EntryNotFoundError:
+        raise HubError(f"{filename} not found in {repo_id} at revision {revision} (check --filename)") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise HubError(
+                f"access to {where} denied (HTTP {status}); set HF_TOKEN to a token that can read it"
+            ) from None
+        return None, f"the Hub at {hub_url} answered HTTP {status} for {where}"
+    except Exception as exc:  # network trouble: connection refused, DNS, timeout, TLS...
+        reason = str(exc).strip() or type(exc).__name__
+        return None, f"cannot reach the Hub at {hub_url} ({reason})"
+    if not meta.commit_hash or not meta.etag:
+        return (
+            None,
+            f"{hub_url} did not answer like a Hugging Face Hub (no commit or ETag headers); check HF_ENDPOINT",
+        )
+    return meta.commit_hash, None
+
+
+def download(
+    repo_id: str,
+    filename: str,
+    revision: str = "main",
+    *,
+    expected_sha256: str | None = None,
+    force: bool = False,
+    tqdm_class: type | None = None,
+    on_warning: Callable[[str], Any] | None = None,
+    hub_endpoint: str | None = None,
+    cache: str | Path | None = None,
+) -> DownloadResult:
+    """Fetch ``repo_id/filename@revision`` into the Hub cache (or find it there) and check its sha256.
+
+    ``hub_endpoint`` and ``cache`` override ``HF_ENDPOINT`` and ``HF_HUB_CACHE`` for this call.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    where = _where(repo_id, filename, revision)
+    _validate(repo_id, filename, revision)
+    warn = on_warning or (lambda _msg: None)
+    hub_url = endpoint(hub_endpoint)
+    cache = cache_dir(cache)
+    path: Path | None = None
+    from_cache = False
+
+    if is_offline():
+        if force:
+            raise HubError("--force needs the network, but HF_HUB_OFFLINE is set; unset it or drop --force")
+        path = cached_file(repo_id, filename, revision, cache=cache)
+        if path is None:
+            raise HubError(
+                f"offline (HF_HUB_OFFLINE is set) and {where} is not in the cache at {cache}; "
+                f"download it once with the network on, or unset HF_HUB_OFFLINE"
+            )
+        from_cache = True
+    elif (
+        not force
+        and _COMMIT_RE.match(revision)
+        and (path := cached_file(repo_id, filename, revision, cache=cache)) is not None
+    ):
+        from_cache = True  # a commit never changes: a cached copy needs no network at all
+    else:
+        commit, unreachable = _probe(repo_id, filename, revision, hub_url)
+        if unreachable is not None:
+            path = None if force else cached_file(repo_id, filename, revision, cache=cache)
+            if path is None:
+                raise HubError(
+                    f"{unreachable}; {where} is not cached either. Check the network or HF_ENDPOINT and retry"
+                )
+            warn(f"{unreachable}; using the cached copy of {where}")
+            from_cache = True
+        else:
+            from_cache = not force and cached_file(repo_id, filename, commit or revision, cache=cache) is not None
+            options: dict[str, Any] = {"tqdm_class": tqdm_class}
+            # tqdm_class is recent in huggingface_hub; older clients simply draw their own bar
+            accepted = inspect.signature(hf_hub_download).parameters
+            options = {k: v for k, v in options.items() if k in accepted and v is not None}
+            try:
+                path = Path(
+                    hf_hub_download(
+                        repo_id,
+                        filename,
+                        revision=revision,
+                        force_download=force,
+                        cache_dir=str(cache),
+                        endpoint=hub_url,
+                        library_name="serpent-cli",
+                        library_version=__version__,
+                        **options,
+                    )
+                )
+            except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+                raise HubError(f"could not download {where} from {hub_url} and it is not cached ({exc})") from None
+            except HfHubHTTPError as exc:
+                status = getattr(getattr(exc, "response", None), "status_code", "?")
+                raise HubError(f"download of {where} failed: HTTP {status} from {hub_url}; retry later") from None
+            except OSError as exc:  # disk full, permissions, size check of a cut transfer...
+                raise HubError(f"download of {where} failed: {exc}") from None
+            except Exception as exc:  # network dropped mid-transfer
+                raise HubError(f"download of {where} failed: {str(exc).strip() or type(exc).__name__}") from None
+
+    digest = sha256_file(path)
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        _remove_from_cache(path, cache)
+        raise HubError(
+            f"sha256 mismatch for {where}: expected {expected_sha256}, got {digest}; the file was removed from "
+            f"the cache. The file on the Hub is not the registered one (or was corrupted): retry, or report it"
+        )
+    return DownloadResult(
+        repo_id=repo_id,
+        filename=filename,
+        revision=revision,
+        path=path,
+        sha256=digest,
+        size=path.stat().st_size,
+        from_cache=from_cache,
+        verified=expected_sha256 is not None,
+    )
+
+
+def download_registered(
+    entry: RegistryEntry,
+    *,
+    revision: str | None = None,
+    filename: str | None = None,
+    force: bool = False,
+    tqdm_class: type | None = None,
+    on_warning: Callable[[str], Any] | None = None,
+) -> DownloadResult:
+    """Download a registry entry's file; the pin is checked when the pinned revision and file are asked for.
+
+    An entry that is not published is refused without any request: the registry does not pretend.
+    """
+    from serpent_cli.weights import bundled_weights_dir
+
+    warn = on_warning or (lambda _msg: None)
+    if not entry.published:
+        bundled = bundled_weights_dir() / entry.bundled_filename
+        where = f"bundled in {bundled}" if bundled.is_file() else f"not bundled either ({bundled.name} missing)"
+        raise HubError(
+            f"{entry.name} is not published on the Hub yet ({entry.repo_id}); its weights are {where}. "
+            f"For your own repo use --repo-id OWNER/NAME"
+        )
+    rev = revision or entry.revision
+    fname = filename or entry.filename
+    pinned = rev == entry.revision and fname == entry.filename
+    if not pinned:
+        warn(f"{entry.name}: {fname}@{rev} is not the registered file, so its sha256 is not checked against the pin")
+    elif entry.sha256 is None:
+        warn(f"{entry.name}: the registry pins no sha256 yet, so the file cannot be verified")
+    return download(
+        entry.repo_id,
+        fname,
+        rev,
+        expected_sha256=entry.sha256 if pinned else None,
+        force=force,
+        tqdm_class=tqdm_class,
+        on_warning=warn,
+    )

@@ -1,0 +1,233 @@
+"""The model registry: the one place that says where Serpent's trained weights are and what they must hash to.
+
+Each entry names a Hub repo (laid out as ``config.json`` + ``model.safetensors``), a pinned revision, the
+file name, the sha256 the file must have, what it was trained on, and its evaluation metrics.
+
+Honesty rule: ``published`` stays ``False`` until the weights really are on the Hub. Until then the weights
+live in the package's ``weights/`` folder (bundled), ``serpent download NAME`` says so instead of trying the
+network, and ``serpent export`` produces the folder to upload.
+
+The sha256 pins are one line per variant in :data:`SHA256_PINS` so they can be updated after training:
+``python -m serpent_cli.registry`` prints the lines to paste, computed from the files in ``weights/``.
+
+Users (and tests) override or extend entries with a JSON file named by the ``SERPENT_REGISTRY`` environment
+variable: ``{"serpent-b": {"published": true, "revision": "..."}, "my-model": {"repo_id": "me/my-model"}}``.
+Fields given there replace the built-in ones; new names are added (published unless they say
+``"published": false``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serpent_cli.errors import UsageError
+
+REGISTRY_ENV = "SERPENT_REGISTRY"
+HUB_FILENAME = "model.safetensors"
+HUB_ORG = "serpent-cli"
+TRAINING_DATA = (
+    "natural-train (170 photos) + faces-train (60 aligned faces), benchmark degradation: "
+    "Gaussian blur 61x61 sigma 3.0 + Gaussian noise sigma 0.05"
+)
+
+# sha256 of each variant's weights file; None until trained weights exist. One line per variant:
+# paste the output of `python -m serpent_cli.registry` here after training.
+SHA256_PINS: dict[str, str | None] = {
+    "serpent-b": None,
+    "serpent-l": None,
+    "serpent-h": None,
+}
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """Where one named model's weights live and what they must hash to."""
+
+    name: str
+    repo_id: str
+    revision: str = "main"
+    filename: str = HUB_FILENAME
+    sha256: str | None = None
+    published: bool = False
+    architecture: str | None = None  # the create_model() name the weights build; None for a user's own model
+    license: str = "apache-2.0"
+    training_data: str = ""
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def bundled_filename(self) -> str:
+        """File name in the package's ``weights/`` folder."""
+        return f"{self.name}.safetensors"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _builtin_entries() -> dict[str, RegistryEntry]:
+    return {
+        name: RegistryEntry(
+            name=name,
+            repo_id=f"{HUB_ORG}/{name}",
+            revision="main",  # replace with the commit hash of the upload when publishing
+            filename=HUB_FILENAME,
+            sha256=SHA256_PINS[name],
+            published=False,
+            architecture=name,
+            training_data=TRAINING_DATA,
+            metrics={},  # filled from `serpent eval` once trained (dataset -> {"psnr": .., "ssim": ..})
+            description=f"Serpent {name.split('-')[1].upper()} deblurring network (DESIGN.md section 2).",
+        )
+        for name in SHA256_PINS
+    }
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "repo_id": (str,),
+    "revision": (str,),
+    "filename": (str,),
+    "sha256": (str, type(None)),
+    "published": (bool,),
+    "architecture": (str, type(None)),
+    "license": (str,),
+    "training_data": (str,),
+    "metrics": (dict,),
+    "description": (str,),
+}
+
+
+def _apply_override(source: str, name: str, base: RegistryEntry | None, data: object) -> RegistryEntry:
+    """Validate one override from the user's JSON and merge it onto the built-in entry (if any)."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: entry {name!r} must be a JSON object")
+    unknown = set(data) - set(_FIELD_TYPES)
+    if unknown:
+        raise UsageError(
+            f"{source}: entry {name!r} has unknown field(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(_FIELD_TYPES)}"
+        )
+    for key, value in data.items():
+        if not isinstance(value, _FIELD_TYPES[key]):
+            raise UsageError(f"{source}: entry {name!r}: field {key!r} has the wrong type ({type(value).__name__})")
+    if isinstance(data.get("sha256"), str):
+        data = {**data, "sha256": data["sha256"].lower()}
+        if not _SHA256_RE.match(data["sha256"]):
+            raise UsageError(f"{source}: entry {name!r}: sha256 must be 64 hex digits")
+    if base is None:
+        if "repo_id" not in data:
+            raise UsageError(f"{source}: new entry {name!r} needs at least a repo_id")
+        # a repo the user adds is one they can reach, so it counts as published unless they say otherwise
+        return RegistryEntry(name=name, **{"published": True, **data})
+    return dataclasses.replace(base, **data)
+
+
+def load_registry() -> dict[str, RegistryEntry]:
+    """Built-in entries, with the ``SERPENT_REGISTRY`` JSON file (if set) merged on top."""
+    entries = _builtin_entries()
+    source = os.environ.get(REGISTRY_ENV)
+    if not source:
+        return entries
+    try:
+        data = json.loads(Path(source).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{REGISTRY_ENV}={source}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{REGISTRY_ENV}={source}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{REGISTRY_ENV}={source}: must hold a JSON object mapping names to entries")
+    for name, override in data.items():
+        entries[name] = _apply_override(source, name, entries.get(name), override)
+    return entries
+
+
+def get_entry(name: str) -> RegistryEntry:
+    """The registry entry for ``name``, or a clear error listing the known names."""
+    entries = load_registry()
+    if name not in entries:
+        raise UsageError(f"unknown model {name!r}; registered models: {', '.join(sorted(entries))}")
+    return entries[name]
+
+
+def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed (weights can be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_status() -> list[dict[str, Any]]:
+    """One row per registry entry: where its weights are (bundled / cached / remote / unavailable).
+
+    ``pin_ok`` is True/False when a local copy exists and a pin exists to check it against, else None.
+    Never touches the network.
+    """
+    from serpent_cli.hub import cached_file, endpoint
+    from serpent_cli.weights import bundled_weights_dir
+
+    rows = []
+    for entry in load_registry().values():
+        bundled = bundled_weights_dir() / entry.bundled_filename
+        bundled_path = bundled if bundled.is_file() else None
+        cached_path = cached_file(entry.repo_id, entry.filename, entry.revision)
+        local = bundled_path or cached_path
+        pin_ok = None if local is None or entry.sha256 is None else sha256_file(local) == entry.sha256
+        if bundled_path is not None:
+            status = "bundled"
+        elif cached_path is not None:
+            status = "cached"
+        elif entry.published:
+            status = "remote"
+        else:
+            status = "unavailable"
+        rows.append(
+            {
+                **entry.to_dict(),
+                "status": status,
+                "bundled": bundled_path is not None,
+                "cached": cached_path is not None,
+                "path": str(local) if local is not None else None,
+                "pin_ok": pin_ok,
+                "url": f"{endpoint()}/{entry.repo_id}" if entry.published else None,
+            }
+        )
+    return rows
+
+
+def pin_lines(weights_dir: Path) -> list[str]:
+    """The ``SHA256_PINS`` lines for the variant files present in ``weights_dir``."""
+    lines = []
+    for name in SHA256_PINS:
+        path = weights_dir / f"{name}.safetensors"
+        if path.is_file():
+            lines.append(f'    "{name}": "{sha256_file(path)}",')
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the sha256 pin lines for the bundled weights (paste them into SHA256_PINS)."""
+    from serpent_cli.weights import bundled_weights_dir
+
+    args = sys.argv[1:] if argv is None else argv
+    weights_dir = Path(args[0]) if args else bundled_weights_dir()
+    lines = pin_lines(weights_dir)
+    if not lines:
+        print(f"no serpent-b/-l/-h .safetensors files in {weights_dir}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,7 +38,7 @@ def _round(row: dict[str, object]) -> dict[str, object]:
 def evaluate_command(
     folder: Annotated[Path, typer.Argument(help="Folder of clean images (read recursively).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model name (see 'serpent models').")] = "serpent-b",
-    weights: Annotated[Path | None, typer.Option(help="Weights file [default: the model's registered weights].")]
+    weights: Annotated[Path | None, typer.Option(help="Weights file (default: the model's registered weights).")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout, with per-image rows.")] = False,
     limit: Annotated[int | None, typer.Option(help="Only the first N images (sorted by path).")] = None,

@@ -69,8 +69,9 @@ def train_command(
     = None,
     epochs: Annotated[float, typer.Option(help="Epochs (paper: 60); ignored when --steps is given.")] = 60.0,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps in total (overrides --epochs).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate [default: 5e-4 for crop <= 256, else 1e-3].")]
-    = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Adam learning rate (default: 5e-4 for crops up to 256 px, else 1e-3: the paper).")
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Crops per step per process (paper: 1).")]
     = 1,
     crop: Annotated[int, typer.Option(help="Training crop size in pixels (paper: 256).")] = 256,

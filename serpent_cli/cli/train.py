@@ -70,7 +70,7 @@ def train_command(
     epochs: Annotated[float, typer.Option(help="Epochs (paper: 60); ignored when --steps is given.")] = 60.0,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps in total (overrides --epochs).")] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Adam learning rate (default, as in the paper: 5e-4 up to crop 256, else 1e-3).")
+        float | None, typer.Option(help="Adam learning rate (default as in the paper: 5e-4 up to crop 256, else 1e-3).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Crops per step per process (paper: 1).")]
     = 1,

@@ -96,7 +96,6 @@ def save_model(
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model``'s weights and config atomically (temporary file + rename)."""
-    config: SerpentConfig = model.config  # type: ignore[assignment]
     tensors = {
         k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
         for k, v in model.state_dict().items()
@@ -105,8 +104,8 @@ def save_model(
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "config_version": str(CONFIG_FORMAT_VERSION),
-        "config": config.to_json(),
     }
+    meta.update(_arch_metadata(model))
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,24 +171,34 @@ def load_model(path: Path, *, expected_name: str | None = None, sha256: str | No
         verify_sha256(path, sha256, expected_name or "")
     elif (pin := registered_pin(path)) is not None:
         verify_sha256(path, pin[1], pin[0])
+    meta = read_metadata(path)
+    if meta.get("arch") == UNET_ARCH:
+        model: nn.Module = _build_unet(path, meta, expected_name)
+        return _load_tensors(path, model, meta.get("name", "unet"))
     config = read_config(path)
+    if expected_name and expected_name.startswith("unet"):
+        raise WeightsError(f"{path}: holds a {config.name}, not a {expected_name}; pick the matching --model")
     expected = VARIANTS.get(expected_name or "")
     if expected is not None and expected.patch_size != config.patch_size:
         raise WeightsError(
             f"{path}: holds a {config.name} (patch size {config.patch_size}), not a {expected_name}; "
             f"pick the matching --model or leave --model out"
         )
+    return _load_tensors(path, Serpent(config), config.name)
+
+
+def _load_tensors(path: Path, model: nn.Module, name: str) -> nn.Module:
+    """Strictly load a file's tensors into ``model`` (names, shapes, finiteness checked first)."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: cannot read tensors ({exc}); the file may be truncated or corrupt") from None
-    model = Serpent(config)
     wanted = model.state_dict()
     missing = sorted(set(wanted) - set(state))
     unexpected = sorted(set(state) - set(wanted))
     if missing or unexpected:
         raise WeightsError(
-            f"{path}: tensors do not match {config.name} "
+            f"{path}: tensors do not match {name} "
             f"({len(missing)} missing, {len(unexpected)} unexpected); is it another architecture?"
         )
     for key, tensor in state.items():
@@ -201,6 +210,37 @@ def load_model(path: Path, *, expected_name: str | None = None, sha256: str | No
             raise WeightsError(f"{path}: tensor {key} holds NaN or inf values; the file is corrupt")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.eval()
+
+
+UNET_ARCH = "unet"
+
+
+def _arch_metadata(model: nn.Module) -> dict[str, str]:
+    """What rebuilds ``model``: a Serpent config, or (arch "unet") the U-Net's widths."""
+    from serpent_cli.models.unet import UNet
+
+    if isinstance(model, UNet):
+        cfg = {"channels": model.channels, "depth": model.depth, "in_chans": model.out.out_channels}
+        return {"arch": UNET_ARCH, "name": f"unet-{model.channels}", "unet_config": json.dumps(cfg, sort_keys=True)}
+    config: SerpentConfig = model.config  # type: ignore[assignment]
+    return {"config": config.to_json()}
+
+
+def _build_unet(path: Path, meta: dict[str, str], expected_name: str | None) -> nn.Module:
+    """A fresh U-Net as a weights file describes it (U-Net files carry ``arch: unet``)."""
+    from serpent_cli.models.unet import UNet
+
+    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
+        raise WeightsError(f"{path}: not a serpent weights file of a supported format version")
+    try:
+        cfg = json.loads(meta["unet_config"])
+        model = UNet(channels=int(cfg["channels"]), in_chans=int(cfg["in_chans"]), depth=int(cfg["depth"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: invalid U-Net config in weights metadata: {exc}") from None
+    name = meta.get("name", f"unet-{model.channels}")
+    if expected_name and expected_name != name:
+        raise WeightsError(f"{path}: holds a {name}, not a {expected_name}; pick the matching --model")
+    return model
 
 
 def resolve_pretrained(name: str) -> Path:

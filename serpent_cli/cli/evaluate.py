@@ -1,10 +1,100 @@
-"""`serpent eval` (not built yet)."""
+"""`serpent eval`: PSNR / SSIM (/ LPIPS) of a model on a folder under the seeded benchmark degradation."""
 
 from __future__ import annotations
 
-from serpent_cli.cli.common import not_built
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from serpent_cli.cli.common import err_console, info, out_console, stderr_is_terminal, verbosity, warn
+from serpent_cli.degradation import BENCHMARK
+from serpent_cli.device import resolve_device
+from serpent_cli.errors import UsageError
+from serpent_cli.evaluation import EVAL_SEED, evaluate, load_eval_set, model_restorer
+from serpent_cli.models import create_model, list_models
 
 
-def evaluate_command() -> None:
-    """Not available in this version yet."""
-    not_built("eval")
+def _parse_tile(tile: str) -> int | None:
+    if tile.strip().lower() == "auto":
+        return None
+    try:
+        value = int(tile)
+    except ValueError:
+        raise UsageError(f"--tile {tile!r}: use auto, 0 (whole image) or a size in pixels") from None
+    if value < 0 or 0 < value < 32:
+        raise UsageError(f"--tile {tile}: use 0 (whole image) or at least 32 pixels")
+    return value
+
+
+def _round(row: dict[str, object]) -> dict[str, object]:
+    """Fixed decimals so the printed numbers are identical across runs (they are computed in float64)."""
+    digits = {"psnr": 4, "ssim": 6, "lpips": 6}
+    return {k: round(v, digits[k]) if k in digits and isinstance(v, float) else v for k, v in row.items()}
+
+
+def evaluate_command(
+    folder: Annotated[Path, typer.Argument(help="Folder of clean images (read recursively).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name (see 'serpent models').")] = "serpent-b",
+    weights: Annotated[Path | None, typer.Option(help="Weights file (default: the model's registered weights).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout, with per-image rows.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Only the first N images (sorted by path).")] = None,
+    crop: Annotated[int, typer.Option(help="Center-crop each image to N px before degrading (0 = whole).")] = 0,
+    tile: Annotated[str, typer.Option(help="Tile size: 0 = whole image (default, deterministic), N, or auto.")]
+    = "0",
+    tile_overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = 32,
+    seed: Annotated[int, typer.Option(help="Global seed of the degradation noise (benchmark: 0).")] = EVAL_SEED,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="Compute LPIPS when it can run offline.")]
+    = True,
+) -> None:
+    """Score a model against the clean images, with the degraded input as a baseline row."""
+    if model not in list_models():
+        raise UsageError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {limit}")
+    if crop < 0 or 0 < crop < 11:
+        raise UsageError(f"--crop must be 0 (whole image) or at least 11 pixels, got {crop}")
+    tile_size = _parse_tile(tile)
+    dev = resolve_device(device)
+    net = create_model(model, weights=weights) if weights is not None else create_model(model, pretrained=True)
+    net = net.to(dev).eval()
+    items, skipped = load_eval_set(folder, seed=seed, crop=crop or None, limit=limit)
+    if skipped:
+        warn(f"skipped {len(skipped)} file(s) (not images, unreadable, or under 11x11 px): "
+             + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    info(f"evaluating {model} on {len(items)} image(s) from {folder} on {dev}")
+    show = stderr_is_terminal() and not verbosity.quiet
+
+    def progress(done: int, total: int) -> None:
+        if show:
+            err_console.print(f"  {done}/{total}", end="\r")
+
+    report = evaluate(items, {model: model_restorer(net, dev, tile=tile_size, overlap=tile_overlap)},
+                      folder=str(folder), seed=seed, use_lpips=lpips, progress=progress)
+    if as_json:
+        payload = {
+            "folder": str(folder), "seed": seed, "model": model,
+            "weights": str(weights) if weights else "registered",
+            "degradation": {"blur_kernel": BENCHMARK.kernel_size, "blur_sigma": BENCHMARK.blur_sigma,
+                            "noise_sigma": BENCHMARK.noise_sigma},
+            "lpips": None if report.lpips_reason is None else report.lpips_reason,
+            "summary": [_round(r) for r in report.summary],
+            "images": [_round(r) for r in report.rows],
+        }
+        print(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"{folder} ({len(items)} images, seeded degradation, seed {seed})")
+    table.add_column("model")
+    table.add_column("PSNR dB", justify="right")
+    table.add_column("SSIM", justify="right")
+    table.add_column("LPIPS", justify="right")
+    for row in report.summary:
+        lp = f"{row['lpips']:.4f}" if "lpips" in row else "n/a"
+        table.add_row(str(row["model"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", lp)
+    out_console.print(table)
+    if report.lpips_reason and lpips:
+        out_console.print(report.lpips_reason)

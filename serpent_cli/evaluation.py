@@ -1,0 +1,142 @@
+"""Evaluate a model on a folder under the fixed, seeded benchmark degradation (DESIGN.md section 4).
+
+Every clean image is degraded with :data:`serpent_cli.degradation.BENCHMARK`; its noise comes from a
+generator seeded by the image's relative path and a global seed, so the inputs (and hence the numbers)
+are the same on every run and machine.  Decisions where the issue is silent:
+
+* The network gets the unclipped degraded image (as in training); the "degraded input" baseline row
+  scores the degraded image clipped to [0, 1] (what a saved file would hold).  Restorations are
+  clipped to [0, 1] before scoring.
+* Metrics are computed per image in float64 on the CPU; means are plain means over images.
+* ``crop`` takes a centered crop before degrading (used by training validation to stay cheap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from serpent_cli.data import center_crop, relative_key, scan_image_folder
+from serpent_cli.degradation import BENCHMARK, Degradation, seeded_generator
+from serpent_cli.errors import UsageError
+from serpent_cli.imageio import read_rgb
+from serpent_cli.metrics import LPIPS, SSIM_WINDOW, lpips_unavailable_reason, psnr, ssim
+
+EVAL_SEED = 0
+BASELINE_NAME = "degraded input"
+
+
+@dataclass
+class EvalImage:
+    """One clean image and its seeded degradation."""
+
+    key: str
+    clean: torch.Tensor
+    degraded: torch.Tensor
+
+
+@dataclass
+class EvalReport:
+    """Per-image rows and per-model means; ``lpips_reason`` says why LPIPS is missing (or None)."""
+
+    folder: str
+    seed: int
+    rows: list[dict[str, object]] = field(default_factory=list)
+    summary: list[dict[str, object]] = field(default_factory=list)
+    lpips_reason: str | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = None, limit: int | None = None,
+                  degradation: Degradation = BENCHMARK) -> tuple[list[EvalImage], list[Path]]:
+    """Clean images of ``folder`` (recursive, sorted) with their deterministic degradations, and skipped files."""
+    scan = scan_image_folder(Path(folder))
+    skipped = list(scan.skipped)
+    items = []
+    for path, (w, h) in zip(scan.images, scan.sizes):
+        if limit and len(items) >= limit:
+            break
+        if min(w, h) < SSIM_WINDOW:  # SSIM is undefined below its window size
+            skipped.append(path)
+            continue
+        try:
+            image = read_rgb(path)
+        except (OSError, ValueError, SyntaxError):  # header fine, pixel data truncated or corrupt
+            skipped.append(path)
+            continue
+        key = relative_key(path, scan.root)
+        clean = center_crop(image, crop).contiguous()
+        degraded = degradation(clean, generator=seeded_generator(key, seed))
+        items.append(EvalImage(key, clean, degraded))
+    if not items:
+        raise UsageError(f"no usable images in {folder} (all were unreadable or smaller than "
+                         f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels)")
+    return items, skipped
+
+
+Restore = Callable[[torch.Tensor], torch.Tensor]
+
+
+def model_restorer(model: nn.Module, device: torch.device, *, tile: int | None = 0, overlap: int = 32,
+                   autocast_dtype: torch.dtype | None = None) -> Restore:
+    """A function (C, H, W) degraded -> (C, H, W) restored on the CPU, optionally tiled."""
+
+    @torch.no_grad()
+    def restore(degraded: torch.Tensor) -> torch.Tensor:
+        x = degraded.unsqueeze(0).to(device)
+        ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype not in (None, torch.float32)
+               else contextlib.nullcontext())
+        with ctx:
+            if tile == 0:
+                y = model(x)
+            else:
+                from serpent_cli.tiling import bytes_per_pixel_estimate, run_tiled
+
+                y, _ = run_tiled(model, x, tile, overlap, bytes_per_pixel=bytes_per_pixel_estimate(model))
+        return y.float()[0].cpu()
+
+    return restore
+
+
+def score(pred: torch.Tensor, clean: torch.Tensor, lpips_fn: LPIPS | None = None) -> dict[str, float]:
+    """PSNR / SSIM (and LPIPS) of one clipped prediction against its clean image."""
+    pred = pred.clamp(0, 1)
+    out = {"psnr": float(psnr(pred, clean)), "ssim": float(ssim(pred, clean))}
+    if lpips_fn is not None:
+        out["lpips"] = float(lpips_fn(pred, clean))
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else float("nan")
+
+
+def evaluate(items: list[EvalImage], models: dict[str, Restore], *, folder: str = "", seed: int = EVAL_SEED,
+             use_lpips: bool = True, progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Score the degraded baseline and every named model on ``items``."""
+    reason = lpips_unavailable_reason() if use_lpips else "LPIPS not requested"
+    lpips_fn = LPIPS() if reason is None else None
+    report = EvalReport(folder=folder, seed=seed, lpips_reason=reason)
+    per_model: dict[str, list[dict[str, float]]] = {BASELINE_NAME: []} | {name: [] for name in models}
+    for i, item in enumerate(items):
+        scores = {BASELINE_NAME: score(item.degraded, item.clean, lpips_fn)}
+        for name, restore in models.items():
+            scores[name] = score(restore(item.degraded), item.clean, lpips_fn)
+        for name, s in scores.items():
+            per_model[name].append(s)
+            report.rows.append({"image": item.key, "model": name, **s})
+        if progress is not None:
+            progress(i + 1, len(items))
+    for name, scores_list in per_model.items():
+        entry: dict[str, object] = {"model": name, "images": len(scores_list)}
+        for metric in ("psnr", "ssim", "lpips"):
+            if scores_list and metric in scores_list[0]:
+                entry[metric] = _mean([s[metric] for s in scores_list])
+        report.summary.append(entry)
+    return report

@@ -1,0 +1,121 @@
+"""Image-quality metrics (DESIGN.md section 4): PSNR, SSIM, and LPIPS when it can run offline.
+
+PSNR and SSIM follow the common definitions exactly (they are checked against scikit-image's
+``peak_signal_noise_ratio`` / ``structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1)`` in the tests): SSIM uses an 11x11 Gaussian window
+with sigma 1.5 per channel, averaged over the channels, over the "valid" region (borders of 5 px
+excluded, as scikit-image does).  Both are computed in float64 on the CPU, so the numbers do not
+depend on the device or thread count.
+
+LPIPS (AlexNet) needs the ``lpips`` package and the AlexNet backbone weights already in the
+local torch hub cache: this module never downloads anything, and says why LPIPS is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def _as_batch(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
+    return x.detach().to("cpu", torch.float64)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR in dB per image of a batch ((N,) tensor; a scalar tensor for one (C, H, W) image)."""
+    single = pred.dim() == 3
+    p, t = _as_batch(pred), _as_batch(target)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch: {tuple(p.shape)} vs {tuple(t.shape)}")
+    mse = (p - t).pow(2).flatten(1).mean(1)
+    out = 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-20))
+    return out[0] if single else out
+
+
+@functools.cache
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM per image (Gaussian window 11 / 1.5, per channel, averaged); (N,) or a scalar."""
+    single = pred.dim() == 3
+    p, t = _as_batch(pred), _as_batch(target)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch: {tuple(p.shape)} vs {tuple(t.shape)}")
+    _, c, h, w = p.shape
+    if h < SSIM_WINDOW or w < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
+    k = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA)
+    kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+
+    def filt(x: torch.Tensor) -> torch.Tensor:  # separable Gaussian, valid region only
+        return F.conv2d(F.conv2d(x, kx, groups=c), ky, groups=c)
+
+    mu_p, mu_t = filt(p), filt(t)
+    var_p = filt(p * p) - mu_p**2
+    var_t = filt(t * t) - mu_t**2
+    cov = filt(p * t) - mu_p * mu_t
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    s = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    out = s.mean(dim=(2, 3)).mean(1)
+    return out[0] if single else out
+
+
+def _torch_hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def lpips_unavailable_reason() -> str | None:
+    """None when LPIPS can run offline here, else one line saying why not (and how to fix it)."""
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        return "LPIPS not computed: the 'lpips' package is not installed (pip install lpips)"
+    weights = _torch_hub_checkpoints() / ALEXNET_FILE
+    if not weights.is_file():
+        return f"LPIPS not computed: AlexNet weights {ALEXNET_FILE} are not in the local torch cache ({weights.parent})"
+    return None
+
+
+class LPIPS:
+    """LPIPS (AlexNet) on images in [0, 1]; build only after :func:`lpips_unavailable_reason` is None."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        import lpips
+
+        reason = lpips_unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+        self.device = torch.device(device)
+        self.net = lpips.LPIPS(net="alex", verbose=False).to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        single = pred.dim() == 3
+        p = (pred.unsqueeze(0) if single else pred).to(self.device, torch.float32) * 2 - 1
+        t = (target.unsqueeze(0) if single else target).to(self.device, torch.float32) * 2 - 1
+        out = self.net(p, t).flatten().double().cpu()
+        return out[0] if single else out
+
+
+def mean_or_nan(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else float("nan")

@@ -1,0 +1,545 @@
+"""Training loop for `serpent train` (DESIGN.md section 5).
+
+One function, :func:`train`, runs the same way alone, under ``torchrun`` (DistributedDataParallel,
+gloo on CPU / nccl on CUDA), and after ``--resume``.  Decisions where the paper and issue are silent:
+
+* Optimiser: Adam with torch defaults (betas 0.9 / 0.999, no weight decay) at a constant learning
+  rate; defaults follow the paper: batch 1, 60 epochs, lr 5e-4 for crops up to 256 px, else 1e-3.
+* Loss: L1 between the restoration and the clean crop (``--loss mse`` available).
+* EMA of the weights with warm-up, decay_t = min(decay, (1 + t) / (10 + t)); the EMA weights are what
+  ``model.safetensors`` and the checkpoint safetensors hold (``--ema 0`` saves the raw weights).
+* A step is one optimiser update on ``batch_size`` crops per process; an epoch is one pass over the
+  images by all processes together.  Samples are a pure function of (seed, global sample index),
+  see :mod:`serpent_cli.data`, so a resumed run sees the same data an uninterrupted run would.
+* Run folder: ``run.json`` (options), ``log.csv``, ``checkpoints/step-N.safetensors`` (EMA weights)
+  + ``checkpoints/state-N.pt`` (raw weights, EMA, optimiser, step, RNG; loaded with
+  ``weights_only=True``), ``model.safetensors`` (latest EMA) and ``best.safetensors`` (best
+  validation PSNR).  Every file is written to a temporary name, fsynced, then renamed, so a kill
+  at any moment leaves each file either old or new, never half-written.  The last ``keep`` pairs
+  are kept.  ``--resume`` loads the newest state that reads back cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import re
+import signal
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from serpent_cli import distributed as dist_util
+from serpent_cli.data import RandomCropDataset, SampleRange, scan_image_folder
+from serpent_cli.device import resolve_device, resolve_precision
+from serpent_cli.errors import SerpentError, UsageError
+from serpent_cli.evaluation import BASELINE_NAME, EvalImage, evaluate, load_eval_set, model_restorer
+from serpent_cli.models import create_model, list_models
+from serpent_cli.weights import save_model
+
+STATE_FORMAT = "serpent-train-state"
+STATE_VERSION = 1
+TRAINABLE = ("serpent-b", "serpent-l", "serpent-h", "unet-32", "unet-64", "unet-128")
+LOG_FIELDS = ("step", "epoch", "loss", "train_psnr", "lr", "it_s", "val_psnr", "val_ssim",
+              "val_psnr_degraded", "val_ssim_degraded", "elapsed_s")
+_STATE_RE = re.compile(r"state-(\d+)\.pt$")
+
+
+def paper_lr(crop: int) -> float:
+    """The paper's learning rate: 5e-4 for 256 px training images, 1e-3 for 512 px."""
+    return 5e-4 if crop <= 256 else 1e-3
+
+
+@dataclass
+class TrainOptions:
+    """Everything `serpent train` accepts; stored in run.json."""
+
+    data: str
+    out: str = "runs/serpent"
+    model: str = "serpent-b"
+    val: str | None = None
+    epochs: float = 60.0
+    steps: int | None = None
+    lr: float | None = None
+    batch_size: int = 1
+    crop: int = 256
+    loss: str = "l1"
+    ema: float = 0.999
+    val_every: int = 1000
+    val_crop: int | None = 256
+    val_limit: int | None = None
+    save_every: int = 1000
+    keep: int = 3
+    log_every: int = 50
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    resume: bool = False
+
+    def check(self) -> None:
+        """Reject impossible values with one clear line each (exit 2)."""
+        if self.model not in TRAINABLE:
+            known = ", ".join(m for m in list_models() if m in TRAINABLE)
+            raise UsageError(f"--model {self.model}: not trainable here; choose one of {known}")
+        for name in ("batch_size", "crop", "val_every", "save_every", "keep", "log_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"--steps must be >= 1, got {self.steps}")
+        if self.epochs <= 0:
+            raise UsageError(f"--epochs must be > 0, got {self.epochs}")
+        if self.lr is not None and not (0 < self.lr < 1):
+            raise UsageError(f"--lr must be in (0, 1), got {self.lr}")
+        if not (0 <= self.ema < 1):
+            raise UsageError(f"--ema must be in [0, 1) (0 disables it), got {self.ema}")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        if self.loss not in ("l1", "mse"):
+            raise UsageError(f"--loss must be l1 or mse, got {self.loss}")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run produced."""
+
+    run_dir: Path
+    is_main: bool
+    start_step: int
+    final_step: int
+    model_path: Path
+    val_history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Reporter:
+    """Receives progress; the CLI shows it with Rich.  The base class stays silent."""
+
+    def start(self, total: int, start_step: int, note: str) -> None: ...
+
+    def step(self, step: int, stats: dict[str, float]) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step)) if self.decay > 0 else 0.0
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if v.is_floating_point():
+                s.mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                s.copy_(v)
+
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        model.load_state_dict(self.shadow)
+        return model
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync, rename over ``path``: a kill leaves old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; give the file the user's usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
+    """Weights (fp32) + config via :func:`serpent_cli.weights.save_model` (atomic), then fsync."""
+    save_model(model, path, dtype=None, metadata=metadata)
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(path, _umask_mode())
+
+
+def state_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the resumable states in a run folder, newest first."""
+    ckpt = Path(run_dir) / "checkpoints"
+    found = []
+    for p in ckpt.glob("state-*.pt") if ckpt.is_dir() else []:
+        m = _STATE_RE.search(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A training state, read without unpickling code (``weights_only``); raises on a bad file."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError("not a serpent training state")
+    return state
+
+
+def latest_state(run_dir: Path, warn: Any = None) -> dict[str, Any] | None:
+    """The newest state in ``run_dir`` that loads cleanly (older ones are tried if one is damaged)."""
+    for _, path in state_files(run_dir):
+        try:
+            return load_state(path) | {"_path": str(path)}
+        except Exception as exc:  # damaged by something outside our control: fall back, say so
+            if warn is not None:
+                warn(f"skipping unreadable training state {path.name} ({type(exc).__name__}); trying an older one")
+    return None
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files a killed run left behind (never a finished checkpoint: those are renamed)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    for step, path in state_files(run_dir)[keep:]:
+        path.unlink(missing_ok=True)
+        (path.parent / f"step-{step:08d}.safetensors").unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- CSV log
+
+
+class CsvLog:
+    """log.csv with fixed columns; on resume rows after the resumed step are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+        _atomic_write(path, write)
+        self.fh = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: CSV only
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM during a single-process run: finish the step, save a state, then stop.
+
+    Not used under torchrun (ranks would stop at different steps and deadlock; torchrun handles
+    signals itself).  A second signal gets the default behaviour.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def validate(model: nn.Module, items: list[EvalImage], device: torch.device,
+             autocast_dtype: torch.dtype | None) -> dict[str, float]:
+    """Mean PSNR/SSIM of ``model`` and of the degraded input on the fixed validation set."""
+    was_training = model.training
+    model.eval()
+    report = evaluate(items, {"model": model_restorer(model, device, tile=0, autocast_dtype=autocast_dtype)},
+                      use_lpips=False)
+    model.train(was_training)
+    by = {s["model"]: s for s in report.summary}
+    return {
+        "val_psnr": float(by["model"]["psnr"]), "val_ssim": float(by["model"]["ssim"]),  # type: ignore[arg-type]
+        "val_psnr_degraded": float(by[BASELINE_NAME]["psnr"]),  # type: ignore[arg-type]
+        "val_ssim_degraded": float(by[BASELINE_NAME]["ssim"]),  # type: ignore[arg-type]
+    }
+
+
+def train(opts: TrainOptions, reporter: Reporter | None = None, warn: Any = None) -> TrainResult:
+    """Run (or resume) a training run; see the module docstring for the files it writes."""
+    reporter = reporter or Reporter()
+    warn = warn or (lambda _m: None)
+    opts.check()
+    run_dir = Path(opts.out)
+    device = resolve_device(opts.device)
+    ctx = dist_util.init_distributed(device.type)
+    try:
+        return _train(opts, run_dir, device, ctx, reporter, warn)
+    finally:
+        reporter.close()
+        dist_util.shutdown()
+
+
+def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_util.DistContext,
+           reporter: Reporter, warn: Any) -> TrainResult:
+    if ctx.is_distributed and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    precision = resolve_precision(opts.precision, device)
+    if precision == torch.float16:
+        raise UsageError("--precision fp16 is not supported for training (no loss scaling); use bf16 or fp32")
+    autocast_dtype = precision if precision != torch.float32 else None
+    main = ctx.is_main
+    say = warn if main else (lambda _m: None)
+
+    scan = scan_image_folder(Path(opts.data))
+    if scan.skipped and main:
+        names = ", ".join(p.name for p in scan.skipped[:5]) + (" ..." if len(scan.skipped) > 5 else "")
+        say(f"skipped {len(scan.skipped)} file(s) in {opts.data} that are not readable images: {names}")
+    small = sum(1 for w, h in scan.sizes if w < opts.crop or h < opts.crop)
+    if small and main:
+        say(f"{small} image(s) are smaller than --crop {opts.crop}; they are reflect-padded up to it")
+    val_items: list[EvalImage] = []
+    if opts.val and main:
+        val_items, _ = load_eval_set(Path(opts.val), crop=opts.val_crop, limit=opts.val_limit)
+    elif opts.val:
+        scan_image_folder(Path(opts.val))  # fail on every rank alike, not only on rank 0
+
+    # Resume or refuse to clobber an existing run.
+    existing = state_files(run_dir)
+    state: dict[str, Any] | None = None
+    if existing and not opts.resume:
+        raise UsageError(f"{run_dir} already holds a training run (step {existing[0][0]}); "
+                         f"pass --resume to continue it or choose another --out")
+    if opts.resume:
+        state = latest_state(run_dir, say)
+        if state is None and existing:
+            raise SerpentError(f"no readable training state in {run_dir / 'checkpoints'}; cannot resume")
+        if state is not None and state["model_name"] != opts.model:
+            raise UsageError(f"{run_dir} trains {state['model_name']}, not {opts.model}; "
+                             f"pass --model {state['model_name']} to resume it")
+    start_step = int(state["step"]) if state else 0
+
+    per_step = opts.batch_size * ctx.world_size
+    steps_per_epoch = max(1, math.ceil(len(scan.images) / per_step))
+    total = opts.steps if opts.steps is not None else max(1, math.ceil(opts.epochs * len(scan.images) / per_step))
+    lr = opts.lr if opts.lr is not None else paper_lr(opts.crop)
+
+    torch.manual_seed(opts.seed)
+    model = create_model(opts.model).to(device)
+    ema = EMA(model, opts.ema)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.shadow = {k: v.float() for k, v in state["ema"].items()}
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            with contextlib.suppress(Exception):
+                torch.cuda.set_rng_state(state["rng_cuda"], device)
+    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+    net: nn.Module = model
+    if ctx.is_distributed:
+        # Depthwise-conv grads come back channels-last: harmless for DDP, but it warns every run.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    dataset = RandomCropDataset(scan.images, opts.crop, seed=opts.seed)
+    sampler = SampleRange(start_step, total, opts.batch_size, ctx.rank, ctx.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler,
+                                         num_workers=opts.workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=False)
+    ema_model = create_model(opts.model).to(device).eval()
+    meta = {"trained_steps": "0", "train_data": Path(opts.data).name, "crop": str(opts.crop)}
+    best = float(state.get("best_val_psnr", float("-inf"))) if state else float("-inf")
+    history: list[dict[str, float]] = []
+
+    log = tb = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(run_dir)
+        _atomic_write(run_dir / "run.json", lambda tmp: Path(tmp).write_text(
+            json.dumps(asdict(opts) | {"world_size": ctx.world_size, "lr_used": lr, "total_steps": total},
+                       indent=2, sort_keys=True) + "\n"))
+        log = CsvLog(run_dir / "log.csv", start_step if state else None)
+        tb = _tensorboard(run_dir)
+    note = (f"{opts.model}: {len(scan.images)} images, crop {opts.crop}, batch {opts.batch_size}x{ctx.world_size}, "
+            f"lr {lr:g}, {total} steps ({total / steps_per_epoch:.3g} epochs) on {device}"
+            + (", bf16 autocast" if autocast_dtype is not None else "")
+            + (f"; resuming at step {start_step}" if state else ""))
+    if main:
+        reporter.start(total, start_step, note)
+
+    def save(step: int) -> None:
+        """Checkpoint (rank 0 only): EMA weights as safetensors, then the resumable state, then model."""
+        ema.copy_to(ema_model)
+        ckpt = run_dir / "checkpoints"
+        m = meta | {"trained_steps": str(step)}
+        save_weights(ema_model, ckpt / f"step-{step:08d}.safetensors", m)
+        payload = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "step": step, "model_name": opts.model,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "ema": {k: v.detach().cpu() for k, v in ema.shadow.items()},
+            "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "best_val_psnr": best, "options": json.dumps(asdict(opts)),
+            "elapsed_s": prior_elapsed + time.perf_counter() - t0,
+        }
+        _atomic_write(ckpt / f"state-{step:08d}.pt", lambda tmp: torch.save(payload, tmp))
+        save_weights(ema_model, run_dir / "model.safetensors", m)
+        _fsync_dir(ckpt)
+        _prune(run_dir, opts.keep)
+
+    def run_validation(step: int) -> dict[str, float]:
+        nonlocal best
+        ema.copy_to(ema_model)
+        stats = validate(ema_model, val_items, device, autocast_dtype)
+        history.append({"step": float(step)} | stats)
+        if stats["val_psnr"] > best:
+            best = stats["val_psnr"]
+            save_weights(ema_model, run_dir / "best.safetensors", meta | {"trained_steps": str(step),
+                                                                          "val_psnr": f"{best:.4f}"})
+        return stats
+
+    net.train()
+    step = start_step
+    prior_elapsed = float(state.get("elapsed_s", 0.0)) if state else 0.0
+    t_last, n_last, t0 = time.perf_counter(), step, time.perf_counter()
+    loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
+    if main and val_items and start_step == 0:
+        stats = run_validation(0)
+        log.write({"step": 0, "epoch": 0.0, **stats})  # type: ignore[union-attr]
+        reporter.message(f"step 0: val PSNR {stats['val_psnr']:.2f} dB (degraded input "
+                         f"{stats['val_psnr_degraded']:.2f} dB), SSIM {stats['val_ssim']:.4f}")
+    stop = _StopRequest(enabled=not ctx.is_distributed)
+    try:
+        for degraded, clean in loader:
+            degraded = degraded.to(device, non_blocking=True)
+            clean = clean.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+                out = net(degraded)
+            out = out.float()
+            loss = F.l1_loss(out, clean) if opts.loss == "l1" else F.mse_loss(out, clean)
+            if not torch.isfinite(loss):
+                raise SerpentError(f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr "
+                                   f"or resume from the last checkpoint with --resume")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            ema.update(model, step)
+            with torch.no_grad():
+                mse = (out.detach().clamp(0, 1) - clean).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+                psnr_sum += float((10 * torch.log10(1 / mse)).mean())
+            loss_sum += float(loss.detach())
+            n_sum += 1
+            sync = step % opts.save_every == 0 or step == total or (bool(opts.val) and step % opts.val_every == 0)
+            if not main:
+                if sync:
+                    dist_util.barrier(ctx)
+                continue
+            now = time.perf_counter()
+            it_s = (step - n_last) / max(now - t_last, 1e-9)
+            row: dict[str, Any] = {}
+            if step % opts.log_every == 0 or step == total:
+                row = {"loss": loss_sum / n_sum, "train_psnr": psnr_sum / n_sum, "lr": lr, "it_s": it_s}
+                loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
+                t_last, n_last = now, step
+            if val_items and (step % opts.val_every == 0 or step == total):
+                row |= run_validation(step)
+                reporter.message(f"step {step}: val PSNR {row['val_psnr']:.2f} dB (degraded input "
+                                 f"{row['val_psnr_degraded']:.2f} dB), SSIM {row['val_ssim']:.4f}")
+            if row:
+                row |= {"step": step, "epoch": step / steps_per_epoch, "elapsed_s": prior_elapsed + now - t0}
+                log.write(row)  # type: ignore[union-attr]
+                if tb is not None:
+                    for k, v in row.items():
+                        if k not in ("step", "epoch") and isinstance(v, float):
+                            tb.add_scalar(k, v, step)
+            reporter.step(step, {"loss": float(loss.detach()), "it_s": it_s} | {k: v for k, v in row.items()
+                                                                                  if k in ("train_psnr", "val_psnr")})
+            if step % opts.save_every == 0 or step == total or stop.requested:
+                save(step)
+            if sync:
+                dist_util.barrier(ctx)
+            if stop.requested:
+                stop.restore()
+                reporter.message(f"stopped at step {step}: state saved; continue with --resume")
+                raise KeyboardInterrupt
+    finally:
+        stop.restore()
+    if main and step == start_step and state is not None:
+        reporter.message(f"already at step {step} of {total}; nothing to do (raise --steps to train longer)")
+        if not (run_dir / "model.safetensors").is_file():
+            save(step)
+    if log is not None:
+        log.close()
+    if tb is not None:
+        tb.close()
+    return TrainResult(run_dir, main, start_step, step, run_dir / "model.safetensors", history)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serpent_cli import __version__
+from serpent_cli.atomic import write_atomic
 from serpent_cli.errors import SerpentError, UsageError
 from serpent_cli.registry import HUB_FILENAME, load_registry, sha256_file
 
@@ -153,18 +152,6 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same folder, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_folder(
     weights: Path,
     out_dir: Path,
@@ -232,9 +219,9 @@ def export_folder(
         repo_id=repo_id,
     )
     try:
-        _atomic_write(targets[0], lambda tmp: shutil.copyfile(weights, tmp))
-        _atomic_write(targets[1], lambda tmp: tmp.write_text(json.dumps(hub_config, indent=2) + "\n", encoding="utf-8"))
-        _atomic_write(targets[2], lambda tmp: tmp.write_text(card, encoding="utf-8"))
+        write_atomic(targets[0], lambda tmp: shutil.copyfile(weights, tmp))
+        write_atomic(targets[1], lambda tmp: tmp.write_text(json.dumps(hub_config, indent=2) + "\n", encoding="utf-8"))
+        write_atomic(targets[2], lambda tmp: tmp.write_text(card, encoding="utf-8"))
     except OSError as exc:
         raise SerpentError(f"cannot write into {out_dir}: {exc}") from None
     if sha256_file(targets[0]) != digest:

@@ -25,10 +25,8 @@ import contextlib
 import csv
 import json
 import math
-import os
 import re
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -41,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serpent_cli import distributed as dist_util
+from serpent_cli.atomic import write_atomic
 from serpent_cli.data import RandomCropDataset, SampleRange, scan_image_folder
 from serpent_cli.device import resolve_device, resolve_precision
 from serpent_cli.errors import SerpentError, UsageError
@@ -162,43 +161,9 @@ class EMA:
 # ----------------------------------------------------------------------------- files
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync, rename over ``path``: a kill leaves old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; give the file the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
     """Weights (fp32) + config via :func:`serpent_cli.weights.save_model` (atomic), then fsync."""
     save_model(model, path, dtype=None, metadata=metadata)
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.chmod(path, _umask_mode())
 
 
 def state_files(run_dir: Path) -> list[tuple[int, Path]]:
@@ -256,12 +221,12 @@ class CsvLog:
         if resume_step is not None and path.is_file():
             with path.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-        def write(tmp: str) -> None:
+        def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
-        _atomic_write(path, write)
+        write_atomic(path, write)
         self.fh = path.open("a", newline="")
         self.writer = csv.DictWriter(self.fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
 
@@ -424,7 +389,7 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(run_dir)
-        _atomic_write(run_dir / "run.json", lambda tmp: Path(tmp).write_text(
+        write_atomic(run_dir / "run.json", lambda tmp: Path(tmp).write_text(
             json.dumps(asdict(opts) | {"world_size": ctx.world_size, "lr_used": lr, "total_steps": total},
                        indent=2, sort_keys=True) + "\n"))
         log = CsvLog(run_dir / "log.csv", start_step if state else None)
@@ -451,9 +416,8 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             "best_val_psnr": best, "options": json.dumps(asdict(opts)),
             "elapsed_s": prior_elapsed + time.perf_counter() - t0,
         }
-        _atomic_write(ckpt / f"state-{step:08d}.pt", lambda tmp: torch.save(payload, tmp))
+        write_atomic(ckpt / f"state-{step:08d}.pt", lambda tmp: torch.save(payload, tmp))
         save_weights(ema_model, run_dir / "model.safetensors", m)
-        _fsync_dir(ckpt)
         _prune(run_dir, opts.keep)
 
     def run_validation(step: int) -> dict[str, float]:

@@ -186,3 +186,14 @@ def test_unreadable_file_is_one_clear_error(data_dir: Path, tmp_path: Path) -> N
     (tmp_path / "locked.png").chmod(0)
     with pytest.raises(ImageReadError, match="permission denied"):
         read_picture(tmp_path / "locked.png")
+
+
+def test_atomic_writes_get_the_users_usual_file_mode(tmp_path) -> None:
+    """Outputs are readable as a plain open() would make them (mkstemp alone would leave 0600)."""
+    from serpent_cli.atomic import user_file_mode, write_bytes_atomic
+
+    target = tmp_path / "out.bin"
+    write_bytes_atomic(target, b"abc")
+    assert target.read_bytes() == b"abc"
+    assert target.stat().st_mode & 0o777 == user_file_mode()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary file left behind

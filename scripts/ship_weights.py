@@ -1,0 +1,50 @@
+"""Turn a training run's EMA weights into the fp16 file that ships in ``weights/``.
+
+    python scripts/ship_weights.py runs/serpent-b weights/serpent-b.safetensors
+
+The shipped file keeps the variant config in its header and adds how it was trained (from the run's
+``run.json``: steps, crop, batch, learning rate, seed, device; the data folder by name only, no local path)
+and the last validation PSNR/SSIM from ``log.csv``.  Then run ``python -m serpent_cli.registry`` and paste
+the printed sha256 lines into ``serpent_cli/registry.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from serpent_cli.weights import load_model, save_model
+
+RECIPE_KEYS = ("model", "steps", "crop", "batch_size", "lr_used", "ema", "loss", "seed", "device", "world_size")
+
+
+def training_metadata(run: Path) -> dict[str, object]:
+    """What a user of the weights should know about their training, without machine paths."""
+    info = json.loads((run / "run.json").read_text())
+    recipe = {key: info[key] for key in RECIPE_KEYS if key in info}
+    recipe["data"] = Path(info["data"]).name
+    recipe["val"] = Path(info["val"]).name if info.get("val") else None
+    validated = [row for row in csv.DictReader((run / "log.csv").open()) if row.get("val_psnr")]
+    if validated:
+        last = validated[-1]
+        recipe["val_step"] = int(last["step"])
+        recipe["val_psnr"] = float(last["val_psnr"])
+        recipe["val_ssim"] = float(last["val_ssim"])
+        recipe["val_psnr_degraded"] = float(last["val_psnr_degraded"])
+    return recipe
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    run, out = Path(argv[1]), Path(argv[2])
+    save_model(load_model(run / "model.safetensors"), out, metadata={"training": training_metadata(run)})
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

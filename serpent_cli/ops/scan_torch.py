@@ -112,6 +112,11 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     return torch.log1p(torch.exp(-x.abs())).add_(x.clamp(min=0))
 
 
+def _compute_dtype(u: torch.Tensor) -> torch.dtype:
+    """fp64 inputs are scanned in fp64 (exact gradient checks); everything else in fp32."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
 def _prepare(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -121,19 +126,21 @@ def _prepare(
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
 ) -> tuple[torch.Tensor, ...]:
+    """Grouped views in the compute dtype, with delta biased and activated."""
     b, d, _ = u.shape
     g = B.shape[1]
-    delta = delta.float()
+    dtype = _compute_dtype(u)
+    delta = delta.to(dtype)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[None, :, None]
+        delta = delta + delta_bias.to(dtype)[None, :, None]
     if delta_softplus:
         delta = softplus(delta)
     return (
-        u.float().reshape(b, g, d // g, -1),
+        u.to(dtype).reshape(b, g, d // g, -1),
         delta.reshape(b, g, d // g, -1),
-        A.float().reshape(g, d // g, -1),
-        B.float(),
-        C.float(),
+        A.to(dtype).reshape(g, d // g, -1),
+        B.to(dtype),
+        C.to(dtype),
     )
 
 
@@ -167,84 +174,160 @@ def _run_segments(
     return torch.cat(ys, dim=-1), boundaries
 
 
+def _time_major(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(b, g, k, s) -> contiguous (T, b, g, k, nc), the work layout of :func:`_scan_segment`."""
+    b, g, k, s = x.shape
+    return x.reshape(b, g, k, s // chunk, chunk).permute(4, 0, 1, 2, 3).contiguous()
+
+
+def _from_time_major(x: torch.Tensor) -> torch.Tensor:
+    """(T, b, g, k, nc) -> (b, g, k, nc * T), the inverse of :func:`_time_major`."""
+    chunk, b, g, k, nc = x.shape
+    return x.permute(1, 2, 3, 4, 0).reshape(b, g, k, nc * chunk)
+
+
+def _backward_segment(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    h0: torch.Tensor,
+    grad_y: torch.Tensor,
+    grad_h_end: torch.Tensor | None,
+    chunk: int,
+) -> tuple[torch.Tensor, ...]:
+    """Analytic gradients of one segment (shapes as in :func:`_scan_segment`, grad_y like u).
+
+    Recurrence h_t = a_t h_{t-1} + x_t with a_t = exp(delta_t A), x_t = delta_t u_t B_t,
+    y_t = C_t . h_t.  The adjoint g_t = dL/dh_t obeys the reversed recurrence
+    g_t = a_{t+1} g_{t+1} + C_t grad_y_t, run with the same chunked scheme backwards in
+    time.  With a_t h_{t-1} = h_t - x_t every parameter gradient is a local product:
+    dA, d(delta) via g_t (h_t - x_t), dB, d(delta u) via g_t, dC via h_t.
+    Returns grads of (u, delta, A, B, C) and dL/dh0.
+    """
+    b, g, dg, s = u.shape
+    nc = s // chunk
+    d_t = _time_major(delta, chunk).unsqueeze(3)  # (T, b, g, 1, dg, nc)
+    du_t = _time_major(delta * u, chunk).unsqueeze(3)
+    B_t = _time_major(B, chunk).unsqueeze(4)  # (T, b, g, n, 1, nc)
+    C_t = _time_major(C, chunk).unsqueeze(4)
+    gy_t = _time_major(grad_y, chunk).unsqueeze(3)
+    A_t = A.permute(0, 2, 1).unsqueeze(-1).contiguous()  # (g, n, dg, 1)
+
+    # 1. Recompute the true states h_t of the segment (forward scheme, in place).
+    decay = torch.exp(d_t * A_t)  # (T, b, g, n, dg, nc)
+    inputs = du_t * B_t
+    states = inputs.clone()
+    prefix = decay.clone()
+    for t in range(1, chunk):
+        torch.addcmul(states[t], states[t - 1], decay[t], out=states[t])
+        prefix[t].mul_(prefix[t - 1])
+    h = h0
+    starts = []
+    last_local, last_prefix = states[-1].unbind(-1), prefix[-1].unbind(-1)
+    for c in range(nc):
+        starts.append(h)
+        h = torch.addcmul(last_local[c], last_prefix[c], h)
+    states.addcmul_(prefix, torch.stack(starts, dim=-1))
+
+    # 2. Adjoint states, chunked and backwards: local reverse scans inside every chunk
+    # (zero end state), a reverse carry across chunks, then the correction.
+    adj = gy_t * C_t  # (T, b, g, n, dg, nc): the adjoint's input C_t grad_y_t
+    suffix = prefix  # reuse the buffer: suffix[t] = prod_{s=t+1}^{T-1} a_s inside the chunk
+    suffix[-1].fill_(1.0)
+    for t in range(chunk - 2, -1, -1):
+        torch.addcmul(adj[t], adj[t + 1], decay[t + 1], out=adj[t])
+        torch.mul(suffix[t + 1], decay[t + 1], out=suffix[t])
+    # carry[c] = dL/dh at the end of chunk c flowing in from later chunks (a_{next} g_{next}).
+    carry = grad_h_end if grad_h_end is not None else u.new_zeros(b, g, A.shape[-1], dg)
+    ends = [carry] * nc
+    first_local, first_suffix, first_decay = adj[0].unbind(-1), suffix[0].unbind(-1), decay[0].unbind(-1)
+    for c in range(nc - 1, -1, -1):
+        ends[c] = carry
+        carry = torch.addcmul(first_local[c], first_suffix[c], carry).mul_(first_decay[c])
+    adj.addcmul_(suffix, torch.stack(ends, dim=-1))
+
+    # 3. Parameter gradients from local products.
+    grad_C = (states * gy_t).sum(4)  # (T, b, g, n, nc)
+    grad_B = (adj * du_t).sum(4)
+    grad_du = (adj * B_t).sum(3)  # (T, b, g, dg, nc)
+    decayed = states.sub_(inputs).mul_(adj)  # g_t * a_t h_{t-1}
+    grad_delta = (decayed * A_t).sum(3)
+    grad_A = (decayed * d_t).sum(dim=(0, 1, 5))  # (g, n, dg)
+    grad_u = _from_time_major(grad_du) * delta
+    grad_delta = _from_time_major(grad_delta).addcmul_(_from_time_major(grad_du), u)
+    return grad_u, grad_delta, grad_A.permute(0, 2, 1), _from_time_major(grad_B), _from_time_major(grad_C), carry
+
+
 class _ChunkedScan(torch.autograd.Function):
-    """Bounded-memory autograd: keep segment-boundary states, recompute segments backwards."""
+    """Bounded-memory autograd with an analytic backward.
+
+    The forward keeps the inputs and the segment-boundary states; the backward walks the
+    segments last to first, recomputing one segment's states and running the adjoint
+    (reverse-time) scan through it, so memory stays bounded by the segment size.
+    """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):  # type: ignore[override]
         with torch.no_grad():
             prepared = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
             y, boundaries = _run_segments(*prepared, keep_states=True)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.boundaries = boundaries
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, *boundaries)
         ctx.delta_softplus = delta_softplus
         b, d, length = u.shape
         y = y.reshape(b, d, length)
         if D is not None:
-            y = y + D.float()[None, :, None] * u.float()
+            y = y + D.to(y.dtype)[None, :, None] * prepared[0].reshape(b, d, length)
         return y.to(u.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):  # type: ignore[override]
-        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        u, delta, A, B, C, D, delta_bias, *boundaries = ctx.saved_tensors
         b, d, length = u.shape
         g = B.shape[1]
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(t is not None and ctx.needs_input_grad[i])
-                      if t is not None else None
-                      for i, t in enumerate((u, delta, A, B, C))]
-            bias_leaf = delta_bias.detach().requires_grad_(ctx.needs_input_grad[6]) if delta_bias is not None else None
-            u_p, delta_p, A_p, B_p, C_p = _prepare(*leaves, bias_leaf, ctx.delta_softplus)
-        grad_y32 = grad_y.float().reshape(b, g, d // g, length)
+        dtype = _compute_dtype(u)
+        u_p, delta_p, A_p, B_p, C_p = _prepare(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
+        gy = grad_y.to(dtype).reshape(b, g, d // g, length)
         chunk, seg = _plan(length, b, d, A_p.shape[-1])
-        starts = list(range(0, length, seg))
+        grads = [torch.empty_like(t) for t in (u_p, delta_p, B_p, C_p)]
+        grad_A = torch.zeros_like(A_p)
         grad_h = None
-        grads_prepared = [torch.zeros_like(t) for t in (u_p, delta_p, A_p, B_p, C_p)]
+        starts = list(range(0, length, seg))
         for index in reversed(range(len(starts))):
             start = starts[index]
             stop = min(start + seg, length)
             size = stop - start
-            padded = math.ceil(size / chunk) * chunk
-            with torch.enable_grad():
-                window = (u_p, delta_p, A_p, B_p, C_p)
-                pieces = [(p if i == 2 else p[..., start:stop]).detach().requires_grad_() for i, p in enumerate(window)]
-                h0 = ctx.boundaries[index].detach().requires_grad_()
-                args = [pieces[0], pieces[1], pieces[3], pieces[4]]
-                if padded != size:
-                    args = [F.pad(p, (0, padded - size)) for p in args]
-                y_seg, h_end = _scan_segment(args[0], args[1], pieces[2], args[2], args[3], h0, chunk)
-                outputs, grads = [y_seg[..., :size]], [grad_y32[..., start:stop]]
-                if grad_h is not None:
-                    outputs.append(h_end)
-                    grads.append(grad_h)
-                found = torch.autograd.grad(outputs, [*pieces, h0], grads, allow_unused=True)
-            for slot, (target, got) in enumerate(zip(grads_prepared, found[:5])):
-                if got is None:
-                    continue
-                if slot == 2:
-                    target += got
-                else:
-                    target[..., start:stop] += got
-            grad_h = found[5]
-        with torch.enable_grad():
-            prepared_outputs = [u_p, delta_p, A_p, B_p, C_p]
-            wanted = [t for t in [*leaves, bias_leaf] if t is not None and t.requires_grad]
-            found = torch.autograd.grad(prepared_outputs, wanted, grads_prepared, allow_unused=True) if wanted else []
-        lookup = dict(zip([id(t) for t in wanted], found))
-        grad_u, grad_delta, grad_A, grad_B, grad_C = [
-            (lookup.get(id(t)) if t is not None else None) for t in leaves
-        ]
-        grad_bias = lookup.get(id(bias_leaf)) if bias_leaf is not None else None
+            pad = math.ceil(size / chunk) * chunk - size
+            parts = [t[..., start:stop] for t in (u_p, delta_p, B_p, C_p, gy)]
+            if pad:
+                # delta = 0 on padding: decay 1, no input, no output, so gradients pass unchanged.
+                parts = [F.pad(p, (0, pad)) for p in parts]
+            su, sdelta, sB, sC, sgy = parts
+            gu, gdelta, gA, gB, gC, grad_h = _backward_segment(
+                su, sdelta, A_p, sB, sC, boundaries[index], sgy, grad_h, chunk
+            )
+            for target, got in zip(grads, (gu, gdelta, gB, gC)):
+                target[..., start:stop] = got[..., :size]
+            grad_A += gA
+        grad_u, grad_delta, grad_B, grad_C = grads
+        grad_u = grad_u.reshape(b, d, length)
+        grad_delta = grad_delta.reshape(b, d, length)
+        # Through delta's bias and softplus: d softplus(x) / dx = sigmoid(x).
+        if ctx.delta_softplus:
+            raw = delta.to(dtype)
+            if delta_bias is not None:
+                raw = raw + delta_bias.to(dtype)[None, :, None]
+            grad_delta = grad_delta * torch.sigmoid(raw)
+        grad_bias = grad_delta.sum(dim=(0, 2)) if delta_bias is not None and ctx.needs_input_grad[6] else None
         grad_D = None
         if D is not None:
             if ctx.needs_input_grad[5]:
-                grad_D = (grad_y.float() * u.float()).sum(dim=(0, 2)).to(D.dtype)
-            if ctx.needs_input_grad[0]:
-                extra = grad_y.float() * D.float()[None, :, None]
-                grad_u = extra if grad_u is None else grad_u + extra
-        cast = [(grad_u, u), (grad_delta, delta), (grad_A, A), (grad_B, B), (grad_C, C)]
-        out = [gr.to(ref.dtype) if gr is not None else None for gr, ref in cast]
+                grad_D = (grad_y.to(dtype) * u.to(dtype)).sum(dim=(0, 2)).to(D.dtype)
+            grad_u = grad_u.addcmul_(grad_y.to(dtype), D.to(dtype)[None, :, None])
+        cast = [(grad_u, u), (grad_delta, delta), (grad_A.reshape(d, -1), A), (grad_B, B), (grad_C, C)]
+        out = [gr.to(ref.dtype) if ctx.needs_input_grad[i] else None for i, (gr, ref) in enumerate(cast)]
         bias_out = grad_bias.to(delta_bias.dtype) if grad_bias is not None else None
         return (*out, grad_D, bias_out, None)
 

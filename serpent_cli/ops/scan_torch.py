@@ -216,13 +216,13 @@ def _backward_segment(
     A_t = A.permute(0, 2, 1).unsqueeze(-1).contiguous()  # (g, n, dg, 1)
 
     # 1. Recompute the true states h_t of the segment (forward scheme, in place).
-    decay = torch.exp(d_t * A_t)  # (T, b, g, n, dg, nc)
+    decay = torch.mul(d_t, A_t).exp_()  # (T, b, g, n, dg, nc)
     inputs = du_t * B_t
-    states = inputs.clone()
-    prefix = decay.clone()
+    states, prefix = torch.empty_like(inputs), torch.empty_like(decay)
+    states[0], prefix[0] = inputs[0], decay[0]
     for t in range(1, chunk):
-        torch.addcmul(states[t], states[t - 1], decay[t], out=states[t])
-        prefix[t].mul_(prefix[t - 1])
+        torch.addcmul(inputs[t], states[t - 1], decay[t], out=states[t])
+        torch.mul(prefix[t - 1], decay[t], out=prefix[t])
     h = h0
     starts = []
     last_local, last_prefix = states[-1].unbind(-1), prefix[-1].unbind(-1)

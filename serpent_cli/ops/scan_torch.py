@@ -10,10 +10,13 @@ sequence is cut into chunks of length T:
 2. a short sequential carry across chunks that gives each chunk its true initial state,
 3. a correction ``h_t += (prod of decays up to t) * h_start`` and the output ``y = C . h``.
 
-All arithmetic is fp32.  Every decay factor exp(delta * A) is <= 1 for the usual
-A < 0, delta >= 0, so nothing overflows.  Training memory is bounded the same way:
-the autograd function keeps only the segment-boundary states and recomputes one
-segment at a time in the backward pass.
+Arithmetic is fp32 (fp64 for fp64 inputs, so gradients can be checked numerically).
+Every decay factor exp(delta * A) is <= 1 for the usual A < 0, delta >= 0, so nothing
+overflows.  Training uses an analytic backward rather than autograd through the scan:
+the forward keeps only its inputs and the segment-boundary states; the backward walks
+the segments last to first, recomputes one segment's states and runs the adjoint
+recurrence (the same chunked scan, reversed in time) through it, so training memory is
+bounded the same way and no autograd graph of the T-step loops is ever built.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _scan_segment(
     h0: torch.Tensor,
     chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scan one segment.
+    """Scan one segment (no autograd: the backward is analytic, see :func:`_backward_segment`).
 
     u, delta: (b, g, dg, s) with s a multiple of ``chunk`` (delta already biased and
     activated); A: (g, dg, n); B, C: (b, g, n, s); h0: (b, g, n, dg).
@@ -72,24 +75,14 @@ def _scan_segment(
     B_t = time_major(B).unsqueeze(4)  # (T, b, g, n, 1, nc)
     C_t = time_major(C).unsqueeze(4)
     A_t = A.permute(0, 2, 1).unsqueeze(-1).contiguous()  # (g, n, dg, 1)
-    grad_mode = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, h0))
     # Local (zero-start) states, one recurrence step at a time for all chunks at once;
     # alongside, decay becomes the running product from the chunk start ("prefix").
     decay = torch.exp(d_t * A_t)  # (T, b, g, n, dg, nc)
     states = du_t * B_t
-    if grad_mode:
-        # unbind (not indexing) so that autograd's backward is one stack, not T full-size scatters.
-        inputs, factors = states.unbind(0), decay.unbind(0)
-        rows, prods = [inputs[0]], [factors[0]]
-        for t in range(1, chunk):
-            rows.append(torch.addcmul(inputs[t], rows[-1], factors[t]))
-            prods.append(prods[-1] * factors[t])
-        states, prefix = torch.stack(rows), torch.stack(prods)
-    else:
-        for t in range(1, chunk):
-            torch.addcmul(states[t], states[t - 1], decay[t], out=states[t])
-            decay[t].mul_(decay[t - 1])
-        prefix = decay
+    for t in range(1, chunk):
+        torch.addcmul(states[t], states[t - 1], decay[t], out=states[t])
+        decay[t].mul_(decay[t - 1])
+    prefix = decay
     # Carry across chunks: the true initial state of chunk c.
     h = h0
     starts = []
@@ -98,11 +91,7 @@ def _scan_segment(
         starts.append(h)
         h = torch.addcmul(last_local[c], last_prefix[c], h)
     h_start = torch.stack(starts, dim=-1)  # (b, g, n, dg, nc)
-    if grad_mode:
-        states = states + prefix * h_start
-        y = (states * C_t).sum(3)
-    else:
-        y = states.addcmul_(prefix, h_start).mul_(C_t).sum(3)  # (T, b, g, dg, nc)
+    y = states.addcmul_(prefix, h_start).mul_(C_t).sum(3)  # (T, b, g, dg, nc)
     y = y.permute(1, 2, 3, 4, 0).reshape(b, g, dg, s)
     return y, h
 
@@ -151,12 +140,12 @@ def _run_segments(
     B: torch.Tensor,
     C: torch.Tensor,
     keep_states: bool,
+    plan: tuple[int, int],
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Scan the whole (prepared) sequence segment by segment; optionally keep boundary states."""
     b, g, dg, length = u.shape
-    n = A.shape[-1]
-    chunk, seg = _plan(length, b, g * dg, n)
-    h = u.new_zeros(b, g, n, dg)
+    chunk, seg = plan
+    h = u.new_zeros(b, g, A.shape[-1], dg)
     ys, boundaries = [], []
     for start in range(0, length, seg):
         stop = min(start + seg, length)
@@ -272,10 +261,11 @@ class _ChunkedScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):  # type: ignore[override]
         with torch.no_grad():
             prepared = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-            y, boundaries = _run_segments(*prepared, keep_states=True)
+            b, d, length = u.shape
+            plan = _plan(length, b, d, A.shape[-1])
+            y, boundaries = _run_segments(*prepared, keep_states=True, plan=plan)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, *boundaries)
-        ctx.delta_softplus = delta_softplus
-        b, d, length = u.shape
+        ctx.delta_softplus, ctx.plan = delta_softplus, plan  # the backward must cut the same segments
         y = y.reshape(b, d, length)
         if D is not None:
             y = y + D.to(y.dtype)[None, :, None] * prepared[0].reshape(b, d, length)
@@ -290,7 +280,7 @@ class _ChunkedScan(torch.autograd.Function):
         dtype = _compute_dtype(u)
         u_p, delta_p, A_p, B_p, C_p = _prepare(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
         gy = grad_y.to(dtype).reshape(b, g, d // g, length)
-        chunk, seg = _plan(length, b, d, A_p.shape[-1])
+        chunk, seg = ctx.plan
         grads = [torch.empty_like(t) for t in (u_p, delta_p, B_p, C_p)]
         grad_A = torch.zeros_like(A_p)
         grad_h = None

@@ -78,6 +78,32 @@ def test_many_segments_match_oracle(monkeypatch: pytest.MonkeyPatch, softplus: b
     _check_against_oracle(_inputs(2, 4, 3, 301, 2, seed=7, softplus=softplus), softplus, seed=7)
 
 
+def test_backward_uses_the_forward_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backward cuts the segments the forward saved states for, whatever the budget is then."""
+    ins = _inputs(1, 4, 3, 150, 2, seed=9)
+    y = selective_scan(*ins, True, backend="torch")  # one segment
+    monkeypatch.setattr(scan_torch, "SEGMENT_BUDGET", 48)  # would be many segments
+    gy = _upstream(y, 9)
+    ref = selective_scan_reference(*ins, True)
+    for got, want in zip(torch.autograd.grad(y, ins, gy), torch.autograd.grad(ref, ins, gy)):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_half_precision_gradients_keep_their_dtype() -> None:
+    """bf16 inputs: fp32 inside, gradients come back in each input's own dtype and close to fp32 ones."""
+    ins = _inputs(2, 4, 3, 40, 2, seed=4)
+    low = [t.detach().bfloat16().requires_grad_() for t in ins[:2]] + ins[2:]
+    y = selective_scan(*low, True, backend="torch")
+    gy = _upstream(y.float(), 4)
+    grads = torch.autograd.grad(y, low, gy.bfloat16())
+    ref_ins = [t.detach().float().requires_grad_() for t in low]
+    ref = selective_scan_reference(*ref_ins, True)
+    ref_grads = torch.autograd.grad(ref, ref_ins, gy)
+    for t, got, want in zip(low, grads, ref_grads):
+        assert got.dtype == t.dtype
+        torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2)
+
+
 def test_fp64_is_scanned_in_fp64(monkeypatch: pytest.MonkeyPatch) -> None:
     """fp64 inputs give fp64 results precise enough for torch's own numerical gradcheck."""
     monkeypatch.setattr(scan_torch, "SEGMENT_BUDGET", 24)  # several segments and chunks even at L=23

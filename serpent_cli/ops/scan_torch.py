@@ -45,6 +45,18 @@ def _plan(length: int, batch: int, channels: int, n_state: int) -> tuple[int, in
     return chunk, min(seg, math.ceil(length / chunk) * chunk)
 
 
+def _time_major(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(b, g, k, s) -> contiguous (T, b, g, k, nc), the work layout of :func:`_scan_segment`."""
+    b, g, k, s = x.shape
+    return x.reshape(b, g, k, s // chunk, chunk).permute(4, 0, 1, 2, 3).contiguous()
+
+
+def _from_time_major(x: torch.Tensor) -> torch.Tensor:
+    """(T, b, g, k, nc) -> (b, g, k, nc * T), the inverse of :func:`_time_major`."""
+    chunk, b, g, k, nc = x.shape
+    return x.permute(1, 2, 3, 4, 0).reshape(b, g, k, nc * chunk)
+
+
 def _scan_segment(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -63,17 +75,11 @@ def _scan_segment(
     Work tensors are laid out (T, b, g, n, dg, nc): time-in-chunk first so each step's
     slice is contiguous, the state axis n outside so the sum over it adds whole slabs.
     """
-    b, g, dg, s = u.shape
-    nc = s // chunk
-
-    def time_major(x: torch.Tensor) -> torch.Tensor:
-        # (b, g, k, s) -> contiguous (T, b, g, k, nc); products of these come out contiguous.
-        return x.reshape(b, g, x.shape[2], nc, chunk).permute(4, 0, 1, 2, 3).contiguous()
-
-    d_t = time_major(delta).unsqueeze(3)  # (T, b, g, 1, dg, nc)
-    du_t = time_major(delta * u).unsqueeze(3)
-    B_t = time_major(B).unsqueeze(4)  # (T, b, g, n, 1, nc)
-    C_t = time_major(C).unsqueeze(4)
+    nc = u.shape[-1] // chunk
+    d_t = _time_major(delta, chunk).unsqueeze(3)  # (T, b, g, 1, dg, nc)
+    du_t = _time_major(delta * u, chunk).unsqueeze(3)
+    B_t = _time_major(B, chunk).unsqueeze(4)  # (T, b, g, n, 1, nc)
+    C_t = _time_major(C, chunk).unsqueeze(4)
     A_t = A.permute(0, 2, 1).unsqueeze(-1).contiguous()  # (g, n, dg, 1)
     # Local (zero-start) states, one recurrence step at a time for all chunks at once;
     # alongside, decay becomes the running product from the chunk start ("prefix").
@@ -92,8 +98,7 @@ def _scan_segment(
         h = torch.addcmul(last_local[c], last_prefix[c], h)
     h_start = torch.stack(starts, dim=-1)  # (b, g, n, dg, nc)
     y = states.addcmul_(prefix, h_start).mul_(C_t).sum(3)  # (T, b, g, dg, nc)
-    y = y.permute(1, 2, 3, 4, 0).reshape(b, g, dg, s)
-    return y, h
+    return _from_time_major(y), h
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -158,18 +163,6 @@ def _run_segments(
         y, h = _scan_segment(parts[0], parts[1], A, parts[2], parts[3], h, chunk)
         ys.append(y[..., :size])
     return torch.cat(ys, dim=-1), boundaries
-
-
-def _time_major(x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(b, g, k, s) -> contiguous (T, b, g, k, nc), the work layout of :func:`_scan_segment`."""
-    b, g, k, s = x.shape
-    return x.reshape(b, g, k, s // chunk, chunk).permute(4, 0, 1, 2, 3).contiguous()
-
-
-def _from_time_major(x: torch.Tensor) -> torch.Tensor:
-    """(T, b, g, k, nc) -> (b, g, k, nc * T), the inverse of :func:`_time_major`."""
-    chunk, b, g, k, nc = x.shape
-    return x.permute(1, 2, 3, 4, 0).reshape(b, g, k, nc * chunk)
 
 
 def _backward_segment(

@@ -57,6 +57,58 @@ def _from_time_major(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 2, 3, 4, 0).reshape(b, g, k, nc * chunk)
 
 
+def _chunk_states(x: torch.Tensor, decay: torch.Tensor, h0: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """True states h_t = decay_t h_{t-1} + x_t of a segment, written to ``out``; returns the end state.
+
+    x, decay, out: (T, b, g, n, dg, nc) (``out`` may be ``x``); h0: (b, g, n, dg).
+    Two passes over the chunks: a read-only pass that keeps just each chunk's local
+    (zero-start) end state and decay product, a short carry across chunks, then the
+    real scan from each chunk's true initial state.  This touches the full-size
+    tensors less than scanning locally and correcting with prefix products.
+    """
+    chunk = x.shape[0]
+    end, product = x[0], decay[0]
+    for t in range(1, chunk):
+        end = torch.addcmul(x[t], end, decay[t])
+        product = product * decay[t]
+    h = h0
+    starts = []
+    ends, products = end.unbind(-1), product.unbind(-1)
+    for c in range(len(ends)):
+        starts.append(h)
+        h = torch.addcmul(ends[c], products[c], h)
+    torch.addcmul(x[0], decay[0], torch.stack(starts, dim=-1), out=out[0])
+    for t in range(1, chunk):
+        torch.addcmul(x[t], out[t - 1], decay[t], out=out[t])
+    return h
+
+
+def _chunk_adjoint(adj: torch.Tensor, decay: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+    """Adjoint states g_t = decay_{t+1} g_{t+1} + adj_t of a segment, in place in ``adj``.
+
+    ``carry`` is dL/dh_end flowing in from later segments (decay_next g_next); returns the
+    same quantity for the previous segment (decay_0 g_0).  The mirror image of
+    :func:`_chunk_states`: a read-only backwards pass for each chunk's local start value
+    and decay product, a carry from the last chunk to the first, then the real scan.
+    """
+    chunk = adj.shape[0]
+    start, product = adj[-1], None  # product: decay_1 ... decay_{T-1} of each chunk
+    for t in range(chunk - 2, -1, -1):
+        start = torch.addcmul(adj[t], start, decay[t + 1])
+        product = decay[t + 1] if product is None else product * decay[t + 1]
+    if product is None:
+        product = torch.ones_like(start)
+    ends = []
+    starts, products, firsts = start.unbind(-1), product.unbind(-1), decay[0].unbind(-1)
+    for c in range(len(starts) - 1, -1, -1):
+        ends.append(carry)
+        carry = torch.addcmul(starts[c], products[c], carry).mul_(firsts[c])
+    adj[-1] += torch.stack(ends[::-1], dim=-1)
+    for t in range(chunk - 2, -1, -1):
+        torch.addcmul(adj[t], adj[t + 1], decay[t + 1], out=adj[t])
+    return carry
+
+
 def _scan_segment(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -185,8 +237,6 @@ def _backward_segment(
     dA, d(delta) via g_t (h_t - x_t), dB, d(delta u) via g_t, dC via h_t.
     Returns grads of (u, delta, A, B, C) and dL/dh0.
     """
-    b, g, dg, s = u.shape
-    nc = s // chunk
     d_t = _time_major(delta, chunk).unsqueeze(3)  # (T, b, g, 1, dg, nc)
     du_t = _time_major(delta * u, chunk).unsqueeze(3)
     B_t = _time_major(B, chunk).unsqueeze(4)  # (T, b, g, n, 1, nc)
@@ -194,38 +244,15 @@ def _backward_segment(
     gy_t = _time_major(grad_y, chunk).unsqueeze(3)
     A_t = A.permute(0, 2, 1).unsqueeze(-1).contiguous()  # (g, n, dg, 1)
 
-    # 1. Recompute the true states h_t of the segment (forward scheme, in place).
+    # 1. Recompute the true states h_t of the segment.
     decay = torch.mul(d_t, A_t).exp_()  # (T, b, g, n, dg, nc)
     inputs = du_t * B_t
-    states, prefix = torch.empty_like(inputs), torch.empty_like(decay)
-    states[0], prefix[0] = inputs[0], decay[0]
-    for t in range(1, chunk):
-        torch.addcmul(inputs[t], states[t - 1], decay[t], out=states[t])
-        torch.mul(prefix[t - 1], decay[t], out=prefix[t])
-    h = h0
-    starts = []
-    last_local, last_prefix = states[-1].unbind(-1), prefix[-1].unbind(-1)
-    for c in range(nc):
-        starts.append(h)
-        h = torch.addcmul(last_local[c], last_prefix[c], h)
-    states.addcmul_(prefix, torch.stack(starts, dim=-1))
-
-    # 2. Adjoint states, chunked and backwards: local reverse scans inside every chunk
-    # (zero end state), a reverse carry across chunks, then the correction.
+    states = torch.empty_like(inputs)
+    _chunk_states(inputs, decay, h0, out=states)
+    # 2. Adjoint states, the same chunked scan backwards in time.
     adj = gy_t * C_t  # (T, b, g, n, dg, nc): the adjoint's input C_t grad_y_t
-    suffix = prefix  # reuse the buffer: suffix[t] = prod_{s=t+1}^{T-1} a_s inside the chunk
-    suffix[-1].fill_(1.0)
-    for t in range(chunk - 2, -1, -1):
-        torch.addcmul(adj[t], adj[t + 1], decay[t + 1], out=adj[t])
-        torch.mul(suffix[t + 1], decay[t + 1], out=suffix[t])
-    # carry[c] = dL/dh at the end of chunk c flowing in from later chunks (a_{next} g_{next}).
-    carry = grad_h_end if grad_h_end is not None else u.new_zeros(b, g, A.shape[-1], dg)
-    ends = [carry] * nc
-    first_local, first_suffix, first_decay = adj[0].unbind(-1), suffix[0].unbind(-1), decay[0].unbind(-1)
-    for c in range(nc - 1, -1, -1):
-        ends[c] = carry
-        carry = torch.addcmul(first_local[c], first_suffix[c], carry).mul_(first_decay[c])
-    adj.addcmul_(suffix, torch.stack(ends, dim=-1))
+    carry = grad_h_end if grad_h_end is not None else h0.new_zeros(h0.shape)
+    carry = _chunk_adjoint(adj, decay, carry)
 
     # 3. Parameter gradients from local products.
     grad_C = (states * gy_t).sum(4)  # (T, b, g, n, nc)

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from serpent_cli.degradation import BENCHMARK, Degradation, stable_seed
 from serpent_cli.errors import SerpentError, UsageError
-from serpent_cli.imageio import IMAGE_EXTENSIONS, read_rgb
+from serpent_cli.imageio import IMAGE_EXTENSIONS, ImageReadError, read_rgb
 
 
 @dataclass
@@ -110,7 +110,7 @@ class RandomCropDataset(torch.utils.data.Dataset):
                 continue
             try:
                 return self._decode(j)
-            except (OSError, ValueError, SyntaxError):
+            except (ImageReadError, OSError, ValueError, SyntaxError):
                 self._bad.add(j)
                 sys.stderr.write(f"warning: skipping unreadable image {self.images[j]}\n")
         raise SerpentError("none of the training images could be decoded")

@@ -25,7 +25,7 @@ from torch import nn
 from serpent_cli.data import center_crop, relative_key, scan_image_folder
 from serpent_cli.degradation import BENCHMARK, Degradation, seeded_generator
 from serpent_cli.errors import UsageError
-from serpent_cli.imageio import read_rgb
+from serpent_cli.imageio import ImageReadError, read_rgb
 from serpent_cli.metrics import LPIPS, SSIM_WINDOW, lpips_unavailable_reason, psnr, ssim
 
 EVAL_SEED = 0
@@ -67,7 +67,7 @@ def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = Non
             continue
         try:
             image = read_rgb(path)
-        except (OSError, ValueError, SyntaxError):  # header fine, pixel data truncated or corrupt
+        except (ImageReadError, OSError, ValueError, SyntaxError):  # header fine, pixel data truncated or corrupt
             skipped.append(path)
             continue
         key = relative_key(path, scan.root)

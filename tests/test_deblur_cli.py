@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -181,6 +182,11 @@ def test_default_model_glob_and_name_template(batch, weights: Path, serpent_cmd:
     assert proc.returncode == 2 and "serpent-l.safetensors" in err and "--weights" in err
     assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in work.iterdir()) == ["photo.png"]
     shutil.copy(weights, folder / "serpent-b.safetensors")
+    proc = run(cmd, env=env)  # a folder of weights stands in for the bundled one: the registry pin applies
+    assert proc.returncode == 1 and "does not match the registered serpent-b" in proc.stderr.decode()
+    registry = tmp_path / "registry.json"  # register this file's hash, as a user does for their own weights
+    registry.write_text(json.dumps({"serpent-b": {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}}))
+    env["SERPENT_REGISTRY"] = str(registry)
     proc = run(cmd, env=env)
     assert proc.returncode == 0, proc.stderr.decode()
     assert json.loads(proc.stdout)["model"] == "serpent-b"

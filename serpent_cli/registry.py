@@ -47,6 +47,35 @@ SHA256_PINS: dict[str, str | None] = {
     "serpent-h": "0cd722c6579ee83ead40a54a5d97b1870fdad522da106e4a1a2ff60bf6c061f1",
 }
 
+# `serpent eval` (PSNR dB / SSIM) of the bundled weights on the first 4 images of each test set,
+# from scripts/results_table.py --limit 4 (see the README's results table).
+METRICS: dict[str, dict[str, dict[str, float]]] = {
+    "serpent-b": {
+        "faces-test-256 (first 4)": {"psnr": 23.69, "ssim": 0.424},
+        "faces-test-512 (first 4)": {"psnr": 24.27, "ssim": 0.357},
+        "cbsd68 (first 4)": {"psnr": 22.27, "ssim": 0.366},
+        "kodak24 (first 4)": {"psnr": 23.33, "ssim": 0.316},
+        "mcmaster18 (first 4)": {"psnr": 20.67, "ssim": 0.389},
+        "set14 (first 4)": {"psnr": 20.92, "ssim": 0.300},
+    },
+    "serpent-l": {
+        "faces-test-256 (first 4)": {"psnr": 25.64, "ssim": 0.624},
+        "faces-test-512 (first 4)": {"psnr": 26.69, "ssim": 0.580},
+        "cbsd68 (first 4)": {"psnr": 23.65, "ssim": 0.548},
+        "kodak24 (first 4)": {"psnr": 25.31, "ssim": 0.520},
+        "mcmaster18 (first 4)": {"psnr": 21.53, "ssim": 0.539},
+        "set14 (first 4)": {"psnr": 21.89, "ssim": 0.413},
+    },
+    "serpent-h": {
+        "faces-test-256 (first 4)": {"psnr": 24.76, "ssim": 0.646},
+        "faces-test-512 (first 4)": {"psnr": 26.38, "ssim": 0.625},
+        "cbsd68 (first 4)": {"psnr": 23.21, "ssim": 0.566},
+        "kodak24 (first 4)": {"psnr": 25.21, "ssim": 0.563},
+        "mcmaster18 (first 4)": {"psnr": 20.74, "ssim": 0.539},
+        "set14 (first 4)": {"psnr": 21.53, "ssim": 0.407},
+    },
+}
+
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -86,7 +115,7 @@ def _builtin_entries() -> dict[str, RegistryEntry]:
             published=False,
             architecture=name,
             training_data=TRAINING_DATA,
-            metrics={},  # filled from `serpent eval` once trained (dataset -> {"psnr": .., "ssim": ..})
+            metrics=METRICS.get(name, {}),
             description=f"Serpent {name.split('-')[1].upper()} deblurring network (DESIGN.md section 2).",
         )
         for name in SHA256_PINS

@@ -26,10 +26,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serpent_cli.errors import EXIT_OK, EXIT_SOME_FAILED, SerpentError, UsageError
 from serpent_cli.imageio import IMAGE_EXTENSIONS
+
+if TYPE_CHECKING:
+    from serpent_cli.imageio import Picture
 
 STDIO = "-"
 _GLOB_CHARS = set("*?[")
@@ -218,6 +221,57 @@ def check_existing(output: str, *, overwrite: bool, skip_existing: bool) -> str 
     if not overwrite:
         raise SerpentError(f"output {output} exists; pass --overwrite to replace it or --skip-existing to keep it")
     return None
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """How outputs are written: replace or keep existing ones, and the JPEG quality."""
+
+    overwrite: bool = False
+    skip_existing: bool = False
+    quality: int = 95
+
+
+def check_batch_options(inputs: Sequence[str], output: str | None, policy: OutputPolicy, *, json_out: bool) -> None:
+    """The option combinations every image command refuses, as one usage error each."""
+    if not 1 <= policy.quality <= 100:
+        raise UsageError(f"--quality {policy.quality}: use 1-100")
+    if policy.skip_existing and policy.overwrite:
+        raise UsageError("--skip-existing and --overwrite exclude each other; pick one")
+    if json_out and output == STDIO:
+        raise UsageError("--json and -o - both want stdout; write the image to a file")
+    if list(inputs).count(STDIO) > 1:
+        raise UsageError("- (stdin) can be given once")
+
+
+Transform = Callable[["Picture"], tuple["Picture", dict[str, Any]]]
+
+
+def process_image(job: Job, transform: Transform, policy: OutputPolicy, warn: Callable[[str], None]) -> Result:
+    """Read one input (a file or stdin), transform it, write the output atomically (or to stdout).
+
+    ``transform`` returns the new picture and extra fields for the job's result.  Existing outputs are
+    skipped or refused per ``policy`` before anything is read.
+    """
+    from serpent_cli.imageio import EXTENSION_BY_FORMAT, format_for, read_picture, write_picture
+
+    assert job.output is not None
+    if check_existing(job.output, overwrite=policy.overwrite, skip_existing=policy.skip_existing) == "skip":
+        return Result(path=job.source, output=job.output, status="skipped")
+    if job.source == STDIO:
+        pic = read_picture(sys.stdin.buffer.read(), name="<stdin>")
+    else:
+        pic = read_picture(job.source, name=job.source)
+    out, extra = transform(pic)
+    if job.output == STDIO:
+        fmt = pic.format if pic.format in EXTENSION_BY_FORMAT else "PNG"
+        notes = write_picture(out, sys.stdout.buffer, fmt=fmt, jpeg_quality=policy.quality)
+    else:
+        format_for(job.output)
+        notes = write_picture(out, Path(job.output), jpeg_quality=policy.quality)
+    for note in notes:
+        warn(f"{job.output}: {note}")
+    return Result(path=job.source, output=job.output, size=[pic.width, pic.height], status="ok", extra=extra)
 
 
 Work = Callable[[Job], Result]

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 from serpent_cli.batch import Job, Result, Work, exit_code, print_json, run_jobs, summary
 from serpent_cli.cli.common import debug, error_line, info, stderr_is_terminal, verbosity, warn
 from serpent_cli.distributed import DistContext, gather_objects, shard
-
-
-def read_stdin_once() -> bytes:
-    """All of stdin as bytes (an image piped in)."""
-    return sys.stdin.buffer.read()
 
 
 def run_batch(jobs: list[Job], work: Work, *, ctx: DistContext, json_out: bool, verb: str) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,15 +11,18 @@ from serpent_cli.batch import (
     STDIO,
     Job,
     Naming,
+    OutputPolicy,
     Result,
     assign_outputs,
-    check_existing,
+    check_batch_options,
     drop_earlier_outputs,
     expand_inputs,
+    process_image,
 )
-from serpent_cli.cli._batch import read_stdin_once, run_batch
+from serpent_cli.cli._batch import run_batch
 from serpent_cli.cli.common import warn
 from serpent_cli.errors import UsageError
+from serpent_cli.imageio import Picture
 
 
 def parse_tile(text: str) -> int | None:
@@ -72,20 +74,13 @@ def deblur_command(
     """Restore blurred, noisy images. Exit code 0: all done; 1: some inputs failed; 2: usage error."""
     from serpent_cli.device import resolve_device, resolve_precision
     from serpent_cli.distributed import context_from_env, init_distributed, shutdown
-    from serpent_cli.imageio import EXTENSION_BY_FORMAT, format_for, read_picture, write_picture
     from serpent_cli.restore import Restorer, load_restoration_model
 
     tile_size = parse_tile(tile)
     if tile_overlap < 0:
         raise UsageError("--tile-overlap must be >= 0")
-    if not 1 <= quality <= 100:
-        raise UsageError(f"--quality {quality}: use 1-100")
-    if skip_existing and overwrite:
-        raise UsageError("--skip-existing and --overwrite exclude each other; pick one")
-    if json_out and output == STDIO:
-        raise UsageError("--json and -o - both want stdout; write the image to a file")
-    if inputs.count(STDIO) > 1:
-        raise UsageError("- (stdin) can be given once")
+    policy = OutputPolicy(overwrite=overwrite, skip_existing=skip_existing, quality=quality)
+    check_batch_options(inputs, output, policy, json_out=json_out)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
 
@@ -110,27 +105,17 @@ def deblur_command(
         restorer = Restorer(net, dev, dtype, tile=tile_size, overlap=tile_overlap) if net is not None else None
 
         def work(job: Job) -> Result:
-            assert job.output is not None and restorer is not None
-            if check_existing(job.output, overwrite=overwrite, skip_existing=skip_existing) == "skip":
-                return Result(path=job.source, output=job.output, status="skipped")
-            source = read_stdin_once() if job.source == STDIO else job.source
-            pic = read_picture(source, name=job.source if job.source != STDIO else "<stdin>")
-            restored, report = restorer.restore(pic)
-            for note in report.warnings:
-                warn(f"{job.source}: {note}")
-            if job.output == STDIO:
-                fmt = pic.format if pic.format in EXTENSION_BY_FORMAT else "PNG"
-                notes = write_picture(restored, sys.stdout.buffer, fmt=fmt, jpeg_quality=quality)
-            else:
-                format_for(job.output)
-                notes = write_picture(restored, Path(job.output), jpeg_quality=quality)
-            for note in notes:
-                warn(f"{job.output}: {note}")
-            return Result(
-                path=job.source, output=job.output, size=[pic.width, pic.height], status="ok",
-                extra={"model": variant, "tile": report.tile, "precision": report.precision, "mode": pic.mode,
-                       "bit_depth": pic.bit_depth, **({"rank": ctx.rank} if ctx.is_distributed else {})},
-            )
+            assert restorer is not None
+
+            def transform(pic: Picture) -> tuple[Picture, dict[str, object]]:
+                restored, report = restorer.restore(pic)
+                for note in report.warnings:
+                    warn(f"{job.source}: {note}")
+                extra = {"model": variant, "tile": report.tile, "precision": report.precision, "mode": pic.mode,
+                         "bit_depth": pic.bit_depth, **({"rank": ctx.rank} if ctx.is_distributed else {})}
+                return restored, extra
+
+            return process_image(job, transform, policy, warn)
 
         code = run_batch(jobs, work, ctx=ctx, json_out=json_out, verb="deblurred")
     finally:

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from serpent_cli.batch import (
-    STDIO,
     Job,
     Naming,
+    OutputPolicy,
     Result,
     assign_outputs,
-    check_existing,
+    check_batch_options,
     drop_earlier_outputs,
     expand_inputs,
+    process_image,
 )
-from serpent_cli.cli._batch import read_stdin_once, run_batch
+from serpent_cli.cli._batch import run_batch
 from serpent_cli.cli.common import warn
 from serpent_cli.errors import UsageError
+from serpent_cli.imageio import Picture
 
 
 def degrade_command(
@@ -54,42 +54,23 @@ def degrade_command(
     """
     from serpent_cli.degradation import Degradation, seeded_generator
     from serpent_cli.distributed import DistContext
-    from serpent_cli.imageio import EXTENSION_BY_FORMAT, format_for, read_picture, write_picture
 
     try:
         degradation = Degradation(kernel_size=kernel_size, blur_sigma=blur_sigma, noise_sigma=noise_sigma)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not 1 <= quality <= 100:
-        raise UsageError(f"--quality {quality}: use 1-100")
-    if skip_existing and overwrite:
-        raise UsageError("--skip-existing and --overwrite exclude each other; pick one")
-    if json_out and output == STDIO:
-        raise UsageError("--json and -o - both want stdout; write the image to a file")
-    if inputs.count(STDIO) > 1:
-        raise UsageError("- (stdin) can be given once")
+    policy = OutputPolicy(overwrite=overwrite, skip_existing=skip_existing, quality=quality)
+    check_batch_options(inputs, output, policy, json_out=json_out)
 
     naming = Naming(output=output, template=name, suffix=suffix, default_suffix="_degraded")
     jobs = drop_earlier_outputs(expand_inputs(inputs, recursive, warn, exclude=output), naming)
     assign_outputs(jobs, naming)
 
     def work(job: Job) -> Result:
-        assert job.output is not None
-        if check_existing(job.output, overwrite=overwrite, skip_existing=skip_existing) == "skip":
-            return Result(path=job.source, output=job.output, status="skipped")
-        source = read_stdin_once() if job.source == STDIO else job.source
-        pic = read_picture(source, name=job.source if job.source != STDIO else "<stdin>")
-        degraded = degradation(pic.to_tensor(), generator=seeded_generator(job.key, seed))
-        out = pic.with_pixels(degraded.clamp(0.0, 1.0).permute(1, 2, 0).numpy())
-        if job.output == STDIO:
-            fmt = pic.format if pic.format in EXTENSION_BY_FORMAT else "PNG"
-            notes = write_picture(out, sys.stdout.buffer, fmt=fmt, jpeg_quality=quality)
-        else:
-            format_for(job.output)
-            notes = write_picture(out, Path(job.output), jpeg_quality=quality)
-        for note in notes:
-            warn(f"{job.output}: {note}")
-        return Result(path=job.source, output=job.output, size=[pic.width, pic.height], status="ok",
-                      extra={"key": job.key, "seed": seed})
+        def transform(pic: Picture) -> tuple[Picture, dict[str, object]]:
+            degraded = degradation(pic.to_tensor(), generator=seeded_generator(job.key, seed))
+            return pic.with_pixels(degraded.clamp(0.0, 1.0).permute(1, 2, 0).numpy()), {"key": job.key, "seed": seed}
+
+        return process_image(job, transform, policy, warn)
 
     raise SystemExit(run_batch(jobs, work, ctx=DistContext(), json_out=json_out, verb="degraded"))

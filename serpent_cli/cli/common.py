@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from serpent_cli.errors import EXIT_USAGE
-
 
 def _make_console(stream: object) -> Console:
     return Console(file=stream, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True)
@@ -52,9 +50,3 @@ def error_line(message: str) -> None:
 
 def stderr_is_terminal() -> bool:
     return err_console.is_terminal
-
-
-def not_built(command: str) -> None:
-    """Stand-in for a subcommand that a later release fills in: say so, exit 2."""
-    error_line(f"'serpent {command}' is not available in this version yet")
-    raise SystemExit(EXIT_USAGE)

@@ -24,12 +24,10 @@ def models_command(
         typer.echo(json.dumps({"models": rows}, indent=2))
         return
     table = Table(title="Registered models")
-    for column in ("name", "status", "hub repo @ revision", "sha256 pin", "metrics"):
+    for column in ("name", "status", "hub repo @ revision", "sha256 pin", "eval"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        metrics = "; ".join(
-            f"{ds} " + " ".join(f"{k} {v:.4g}" for k, v in vals.items()) for ds, vals in row["metrics"].items()
-        )
+        metrics = _metrics_cell(row["metrics"])
         status = row["status"]
         if row["pin_ok"] is False:
             status += " (sha256 MISMATCH)"
@@ -39,7 +37,7 @@ def models_command(
             f"[{_STATUS_STYLE.get(row['status'], 'white')}]{status}[/]",
             where,
             (row["sha256"][:12] + "...") if row["sha256"] else "not pinned",
-            metrics or "-",
+            metrics,
         )
     out_console.print(table)
     if not any(row["published"] for row in rows):
@@ -47,3 +45,14 @@ def models_command(
             "No weights are published on the Hub yet: trained weights ship in weights/ (bundled); "
             "'serpent export WEIGHTS -o DIR' makes the folder to upload."
         )
+
+
+def _metrics_cell(metrics: dict[str, dict[str, float]]) -> str:
+    """A one-line digest of a model's eval metrics for the table (all of them are in --json)."""
+    psnr = {dataset: values["psnr"] for dataset, values in metrics.items() if "psnr" in values}
+    if not psnr:
+        return "-"
+    if len(psnr) == 1:
+        dataset, value = next(iter(psnr.items()))
+        return f"{dataset}: PSNR {value:.2f} dB"
+    return f"PSNR {min(psnr.values()):.2f}-{max(psnr.values()):.2f} dB on {len(psnr)} sets (--json: all)"

@@ -92,17 +92,24 @@ def _load_delta(dt_ptr, bias_ptr, rows, d_offs, t, L, HAS_BIAS: tl.constexpr, SO
 
 
 @triton.jit
-def _fwd_chunk_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, local_ptr, dsum_ptr,
-    L, D, G, N, NC, n_dblocks, d_per_group,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
-):
+def _tile_coords(n_dblocks, d_per_group, D, BLOCK_D: tl.constexpr):
+    """This program's tile: chunk index, batch, channel offsets, group, and flat (batch, channel) rows."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     b = pid // n_dblocks
     d_offs = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
     rows = (b * D + d_offs).to(tl.int64)
+    return c, b, d_offs, grp, rows
+
+
+@triton.jit
+def _fwd_chunk_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, local_ptr, dsum_ptr,
+    L, D, G, N, NC, n_dblocks, d_per_group,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+):
+    c, b, d_offs, grp, rows = _tile_coords(n_dblocks, d_per_group, D, BLOCK_D)
     t = c * CHUNK + tl.arange(0, CHUNK)
     mask_t = t < L
     u = tl.load(u_ptr + rows[:, None] * L + t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
@@ -161,12 +168,7 @@ def _fwd_out_kernel(
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    c = tl.program_id(1)
-    b = pid // n_dblocks
-    d_offs = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
-    rows = (b * D + d_offs).to(tl.int64)
+    c, b, d_offs, grp, rows = _tile_coords(n_dblocks, d_per_group, D, BLOCK_D)
     t = c * CHUNK + tl.arange(0, CHUNK)
     mask_t = t < L
     u = tl.load(u_ptr + rows[:, None] * L + t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
@@ -193,12 +195,7 @@ def _bwd_chunk_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Local adjoint at the chunk's first step, with alpha_t = exp(A * delta_{t+1})."""
-    pid = tl.program_id(0)
-    c = tl.program_id(1)
-    b = pid // n_dblocks
-    d_offs = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
-    rows = (b * D + d_offs).to(tl.int64)
+    c, b, d_offs, grp, rows = _tile_coords(n_dblocks, d_per_group, D, BLOCK_D)
     t = c * CHUNK + tl.arange(0, CHUNK)
     mask_t = t < L
     dt_next, _ = _load_delta(dt_ptr, bias_ptr, rows, d_offs, t + 1, L, HAS_BIAS, SOFTPLUS)
@@ -222,12 +219,7 @@ def _bwd_main_kernel(
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, REVERSE_GATHER: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    c = tl.program_id(1)
-    b = pid // n_dblocks
-    d_offs = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    grp = ((pid % n_dblocks) * BLOCK_D) // d_per_group
-    rows = (b * D + d_offs).to(tl.int64)
+    c, b, d_offs, grp, rows = _tile_coords(n_dblocks, d_per_group, D, BLOCK_D)
     j = tl.arange(0, CHUNK)
     if REVERSE_GATHER:
         rev_idx = (CHUNK - 1 - j)[None, :] + tl.zeros([BLOCK_D, CHUNK], dtype=tl.int32)

@@ -104,6 +104,20 @@ def _tile_coords(n_dblocks, d_per_group, D, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _decayed_chunk_sums(A_ptr, X_ptr, out_ptr, x_row, d_offs, rows, c, t, mask_t, span, v, L, N, NC):
+    """out[n] = sum_t exp(A[:, n] * span_t) * v_t * X[n, t] over the chunk, per state index n.
+
+    Forward: the chunk's end state (span = delta after t, v = delta*u, X = B). Backward: the adjoint at
+    the chunk's start (span = delta before t, v = dy, X = C). One reduction serves both passes.
+    """
+    for n in range(N):
+        a_n = tl.load(A_ptr + d_offs * N + n).to(tl.float32)
+        x_n = tl.load(X_ptr + (x_row + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
+        total = tl.sum(tl.exp(a_n[:, None] * span) * v * x_n[None, :], axis=1)
+        tl.store(out_ptr + (rows * NC + c) * N + n, total)
+
+
+@triton.jit
 def _fwd_chunk_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, local_ptr, dsum_ptr,
     L, D, G, N, NC, n_dblocks, d_per_group,
@@ -117,12 +131,8 @@ def _fwd_chunk_kernel(
     total = tl.sum(dt, axis=1)
     after = total[:, None] - tl.cumsum(dt, axis=1)  # sum of delta strictly after t
     du = dt * u
-    b_row = (b * G + grp).to(tl.int64) * N
-    for n in range(N):
-        a_n = tl.load(A_ptr + d_offs * N + n).to(tl.float32)
-        b_n = tl.load(B_ptr + (b_row + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
-        end = tl.sum(tl.exp(a_n[:, None] * after) * du * b_n[None, :], axis=1)
-        tl.store(local_ptr + (rows * NC + c) * N + n, end)
+    _decayed_chunk_sums(A_ptr, B_ptr, local_ptr, (b * G + grp).to(tl.int64) * N, d_offs, rows, c, t, mask_t,
+                        after, du, L, N, NC)
     tl.store(dsum_ptr + rows * NC + c, total)
 
 
@@ -202,12 +212,8 @@ def _bwd_chunk_kernel(
     dy = tl.load(dy_ptr + rows[:, None] * L + t[None, :], mask=mask_t[None, :], other=0.0).to(tl.float32)
     total = tl.sum(dt_next, axis=1)
     before = tl.cumsum(dt_next, axis=1) - dt_next  # sum of delta_{k+1} for chunk steps k < t
-    c_row = (b * G + grp).to(tl.int64) * N
-    for n in range(N):
-        a_n = tl.load(A_ptr + d_offs * N + n).to(tl.float32)
-        c_n = tl.load(C_ptr + (c_row + n) * L + t, mask=mask_t, other=0.0).to(tl.float32)
-        agg = tl.sum(tl.exp(a_n[:, None] * before) * dy * c_n[None, :], axis=1)
-        tl.store(agg_ptr + (rows * NC + c) * N + n, agg)
+    _decayed_chunk_sums(A_ptr, C_ptr, agg_ptr, (b * G + grp).to(tl.int64) * N, d_offs, rows, c, t, mask_t,
+                        before, dy, L, N, NC)
     tl.store(dsum_ptr + rows * NC + c, total)
 
 

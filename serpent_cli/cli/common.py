@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Annotated
 
+import typer
 from rich.console import Console
 
 
@@ -50,3 +52,15 @@ def error_line(message: str) -> None:
 
 def stderr_is_terminal() -> bool:
     return err_console.is_terminal
+
+
+# Options shared by the image commands (deblur, degrade): one definition, the same help everywhere.
+OutputOption = Annotated[
+    str | None,
+    typer.Option("--output", "-o", help="Output file (one input), folder, or - for stdout. Default: beside input."),
+]
+RecursiveOption = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders; mirror the tree.")]
+SkipExistingOption = Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+QualityOption = Annotated[int, typer.Option(help="JPEG quality of JPEG outputs (1-100).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON result per input on stdout.")]

@@ -20,7 +20,15 @@ from serpent_cli.batch import (
     process_image,
 )
 from serpent_cli.cli._batch import run_batch
-from serpent_cli.cli.common import warn
+from serpent_cli.cli.common import (
+    JsonOption,
+    OutputOption,
+    OverwriteOption,
+    QualityOption,
+    RecursiveOption,
+    SkipExistingOption,
+    warn,
+)
 from serpent_cli.errors import UsageError
 from serpent_cli.imageio import Picture
 
@@ -45,31 +53,26 @@ def deblur_command(
     inputs: Annotated[
         list[str], typer.Argument(help="Image files, folders, globs, or - for stdin.", show_default=False)
     ],
-    output: Annotated[
-        str | None,
-        typer.Option("--output", "-o", help="Output file (one input), folder, or - for stdout. Default: beside input."),
-    ] = None,
+    output: OutputOption = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="serpent-b, serpent-l or serpent-h (default: first bundled).")
     ] = None,
     weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A serpent .safetensors file.")] = None,
-    recursive: Annotated[
-        bool, typer.Option("--recursive", "-r", help="Descend into subfolders; mirror the tree.")
-    ] = False,
+    recursive: RecursiveOption = False,
     suffix: Annotated[
         str | None, typer.Option(help="Added to output names (default _deblurred beside the input, none in -o DIR).")
     ] = None,
     name: Annotated[
         str, typer.Option(help="Output name template: {stem} {suffix} {ext} {model}.")
     ] = "{stem}{suffix}{ext}",
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    skip_existing: SkipExistingOption = False,
+    overwrite: OverwriteOption = False,
     tile: Annotated[str, typer.Option(help="auto, 0 (whole image) or tile size in pixels.")] = "auto",
     tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    quality: Annotated[int, typer.Option(help="JPEG quality of JPEG outputs (1-100).")] = 95,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON result per input on stdout.")] = False,
+    quality: QualityOption = 95,
+    json_out: JsonOption = False,
 ) -> None:
     """Restore blurred, noisy images. Exit code 0: all done; 1: some inputs failed; 2: usage error."""
     from serpent_cli.device import resolve_device, resolve_precision

@@ -18,7 +18,15 @@ from serpent_cli.batch import (
     process_image,
 )
 from serpent_cli.cli._batch import run_batch
-from serpent_cli.cli.common import warn
+from serpent_cli.cli.common import (
+    JsonOption,
+    OutputOption,
+    OverwriteOption,
+    QualityOption,
+    RecursiveOption,
+    SkipExistingOption,
+    warn,
+)
 from serpent_cli.errors import UsageError
 from serpent_cli.imageio import Picture
 
@@ -27,25 +35,20 @@ def degrade_command(
     inputs: Annotated[
         list[str], typer.Argument(help="Clean image files, folders, globs, or - for stdin.", show_default=False)
     ],
-    output: Annotated[
-        str | None,
-        typer.Option("--output", "-o", help="Output file (one input), folder, or - for stdout. Default: beside input."),
-    ] = None,
+    output: OutputOption = None,
     kernel_size: Annotated[int, typer.Option(help="Gaussian blur kernel size (odd).")] = 61,
     blur_sigma: Annotated[float, typer.Option(help="Gaussian blur sigma in pixels.")] = 3.0,
     noise_sigma: Annotated[float, typer.Option(help="Gaussian noise sigma on the [0, 1] scale.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Global seed; noise depends on it and the file's relative path.")] = 0,
-    recursive: Annotated[
-        bool, typer.Option("--recursive", "-r", help="Descend into subfolders; mirror the tree.")
-    ] = False,
+    recursive: RecursiveOption = False,
     suffix: Annotated[
         str | None, typer.Option(help="Added to output names (default _degraded beside the input, none in -o DIR).")
     ] = None,
     name: Annotated[str, typer.Option(help="Output name template: {stem} {suffix} {ext}.")] = "{stem}{suffix}{ext}",
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    quality: Annotated[int, typer.Option(help="JPEG quality of JPEG outputs (1-100).")] = 95,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON result per input on stdout.")] = False,
+    skip_existing: SkipExistingOption = False,
+    overwrite: OverwriteOption = False,
+    quality: QualityOption = 95,
+    json_out: JsonOption = False,
 ) -> None:
     """Blur and add noise (the fixed benchmark degradation), deterministically per file.
 

@@ -22,7 +22,10 @@ class SerpentConfig:
     ``state_divisor`` and ``dt_rank_divisor`` encode our reading of the paper's
     "hidden dimension c/6": the SSM state size at a scale with ``c`` channels is
     ``max(1, round(c / state_divisor))`` and the dt rank ``ceil(c / dt_rank_divisor)``.
-    Both are fields so other readings can be tried without code changes.
+    The default 3 makes N = E / 6 with E = 2c the SS2D inner width (N = 11, 21, 43, 85),
+    the reading with which our FLOP counter reproduces the paper's compute ratios
+    (DESIGN.md section 2); ``state_divisor=6`` is VMamba's ``d_state = d_model / 6``.
+    Weights files carry their config, so files of either reading load as trained.
     """
 
     name: str = "serpent-b"
@@ -33,7 +36,7 @@ class SerpentConfig:
     blocks_per_stage: int = 2
     expand: int = 2
     d_conv: int = 3
-    state_divisor: float = 6.0
+    state_divisor: float = 3.0
     dt_rank_divisor: int = 16
     dt_min: float = 1e-3
     dt_max: float = 1e-1

@@ -6,10 +6,15 @@ Decisions (the issue is silent on these):
   open, are skipped with one warning naming them.  An empty folder is a clear error.
 * Images smaller than the crop are reflect-padded up to it (kept, not skipped: small sets are
   precious) and counted in a warning.
+* Several folders train as one set (``serpent train natural-train faces-train``): their images
+  are concatenated in the order given, each folder sorted.
 * Every sample is a pure function of ``(seed, global sample index)``: which image (a fresh
-  permutation per epoch), where the crop is, the flips, and the noise all come from a generator
+  permutation per epoch), where the crop is, the flips (and, with ``rotate``, a 90-degree
+  rotation: the 8 symmetries of the square in all), and the noise all come from a generator
   seeded with :func:`serpent_cli.degradation.stable_seed`.  So a resumed or multi-process run
   sees exactly the samples an uninterrupted single run would, without saving data-loader state.
+* Decoded images are cached as uint8 up to ``cache_mb`` (least recently used first out), so a
+  large set (60k FFHQ faces) streams from disk instead of filling the memory.
 * The blur is applied to the crop plus a margin of half the kernel on each side, then the margin
   is cut away: the crop is blurred as part of the whole photo, with no artificial border.
 """
@@ -17,6 +22,7 @@ Decisions (the issue is silent on these):
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +72,19 @@ def scan_image_folder(root: Path) -> ImageFolderScan:
     return ImageFolderScan(root, images, sizes, skipped)
 
 
+def scan_image_folders(roots: list[Path]) -> ImageFolderScan:
+    """Several training folders as one set: each scanned as :func:`scan_image_folder`, in order."""
+    scans = [scan_image_folder(Path(r)) for r in roots]
+    if len(scans) == 1:
+        return scans[0]
+    return ImageFolderScan(
+        scans[0].root,
+        [p for s in scans for p in s.images],
+        [z for s in scans for z in s.sizes],
+        [p for s in scans for p in s.skipped],
+    )
+
+
 def _reflect_pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pad (C, H, W) up to at least height x width, reflecting (repeatedly for tiny images)."""
     while x.shape[1] < height or x.shape[2] < width:
@@ -82,11 +101,14 @@ class RandomCropDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by the *global sample index*; item k is always the same pair.
 
     ``len()`` is one epoch (the number of images); indices beyond it address later epochs.
-    Decoded images are cached as uint8 per process (a few hundred photos fit easily).
+    Decoded images are cached as uint8 per process, at most ``cache_mb`` MiB (LRU).
+    ``rotate`` adds a random 90-degree rotation to the flips (drawn after the noise, so the
+    other draws of a sample are the same with and without it).
     """
 
     def __init__(self, images: list[Path], crop: int, *, seed: int = 0,
-                 degradation: Degradation = BENCHMARK, cache: bool = True) -> None:
+                 degradation: Degradation = BENCHMARK, cache: bool = True, cache_mb: float = 2048.0,
+                 rotate: bool = False) -> None:
         if crop < 8:
             raise UsageError(f"--crop must be at least 8 pixels, got {crop}")
         self.images = list(images)
@@ -94,7 +116,10 @@ class RandomCropDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.degradation = degradation
         self.margin = degradation.kernel_size // 2 if degradation.blur_sigma > 0 else 0
-        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self._cache: OrderedDict[int, torch.Tensor] | None = OrderedDict() if cache else None
+        self._cache_limit = int(cache_mb * 2**20)
+        self._cache_bytes = 0
+        self.rotate = rotate
         self._perm: dict[int, list[int]] = {}
         self._bad: set[int] = set()
 
@@ -117,12 +142,23 @@ class RandomCropDataset(torch.utils.data.Dataset):
 
     def _decode(self, i: int) -> torch.Tensor:
         if self._cache is not None and i in self._cache:
+            self._cache.move_to_end(i)
             return self._cache[i].float() / 255.0
         img = read_rgb(self.images[i])
-        if self._cache is not None:
-            self._cache[i] = (img * 255.0).round().to(torch.uint8)
-            return self._cache[i].float() / 255.0
-        return img
+        if self._cache is None:
+            return img
+        stored = (img * 255.0).round().to(torch.uint8)
+        self._cache[i] = stored
+        self._cache_bytes += stored.numel()
+        while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= old.numel()
+        return stored.float() / 255.0
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of decoded images held in the cache (bounded by ``cache_mb``)."""
+        return self._cache_bytes
 
     def image_index(self, k: int) -> int:
         """Which image sample k uses: epoch k // n walks a fresh seeded permutation."""
@@ -153,6 +189,9 @@ class RandomCropDataset(torch.utils.data.Dataset):
             clean, degraded = clean.flip(-1), degraded.flip(-1)
         if flips[1] < 0.5:
             clean, degraded = clean.flip(-2), degraded.flip(-2)
+        if self.rotate:
+            quarter = int(torch.randint(0, 4, (1,), generator=g))
+            clean, degraded = clean.rot90(quarter, (-2, -1)), degraded.rot90(quarter, (-2, -1))
         return degraded.contiguous(), clean.contiguous()
 
 

@@ -68,8 +68,11 @@ def test_parameter_counts_differ_only_in_patch_layers() -> None:
 
 
 def test_state_size_reading() -> None:
+    """N = E / 6 with E = 2c the SS2D inner width (DESIGN.md section 2); c / 6 stays an option."""
     cfg = SerpentConfig()
-    assert [cfg.state_size(cfg.channels(s)) for s in range(4)] == [5, 11, 21, 43]
+    assert [cfg.state_size(cfg.channels(s)) for s in range(4)] == [11, 21, 43, 85]
+    block_reading = SerpentConfig(state_divisor=6.0)
+    assert [block_reading.state_size(block_reading.channels(s)) for s in range(4)] == [5, 11, 21, 43]
     assert [cfg.dt_rank(cfg.channels(s)) for s in range(4)] == [2, 4, 8, 16]
 
 

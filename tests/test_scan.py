@@ -49,8 +49,10 @@ def _upstream(y: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(y.shape, generator=gen, dtype=y.dtype)
 
 
-def _check_against_oracle(ins: list[torch.Tensor], softplus: bool, seed: int, tol: float = 1e-3) -> None:
-    y = selective_scan(*ins, softplus, backend="torch")
+def _check_against_oracle(
+    ins: list[torch.Tensor], softplus: bool, seed: int, tol: float = 1e-3, backend: str = "torch"
+) -> None:
+    y = selective_scan(*ins, softplus, backend=backend)
     ref = selective_scan_reference(*ins, softplus)
     assert y.shape == ins[0].shape and y.dtype == ins[0].dtype
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
@@ -64,9 +66,11 @@ def _check_against_oracle(ins: list[torch.Tensor], softplus: bool, seed: int, to
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("softplus", [True, False])
-def test_chunked_matches_oracle(shape: tuple[int, ...], softplus: bool) -> None:
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_backend_matches_oracle(shape: tuple[int, ...], softplus: bool, backend: str) -> None:
+    """The chunked torch scan and the compiled numba scan: forward and all seven gradients."""
     seed = sum(v * 31**i for i, v in enumerate(shape)) % 10007
-    _check_against_oracle(_inputs(*shape, seed=seed, softplus=softplus), softplus, seed)
+    _check_against_oracle(_inputs(*shape, seed=seed, softplus=softplus), softplus, seed, backend=backend)
 
 
 @pytest.mark.parametrize("softplus", [True, False])
@@ -173,7 +177,7 @@ def test_shape_errors_are_clear() -> None:
 
 
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu") == "numba"  # the compiled CPU scan, when numba imports
     monkeypatch.setenv("SERPENT_SCAN_BACKEND", "torch")
     assert resolve_backend("auto", "cpu") == "torch"
     monkeypatch.setenv("SERPENT_SCAN_BACKEND", "mamba")

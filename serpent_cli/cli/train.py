@@ -60,7 +60,7 @@ class RichReporter(Reporter):
 
 
 def train_command(
-    data: Annotated[Path, typer.Argument(help="Folder of clean training images (read recursively).")],
+    data: Annotated[list[Path], typer.Argument(help="Folders of clean training images (read recursively).")],
     model: Annotated[str, typer.Option("--model", "-m", help="serpent-b, serpent-l, serpent-h or unet-32/64/128.")]
     = "serpent-b",
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, model.safetensors.")]
@@ -90,13 +90,26 @@ def train_command(
     = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest state.")]
     = False,
+    init: Annotated[
+        str | None, typer.Option(help="Start from these weights: a model name (serpent-l) or a .safetensors file.")
+    ] = None,
+    lr_schedule: Annotated[str, typer.Option(help="cosine (after the warm-up, down to 1% of --lr) or constant.")]
+    = "cosine",
+    warmup: Annotated[int | None, typer.Option(help="Linear warm-up steps (default 2% of the run, at most 1000).")]
+    = None,
+    clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm to this (0 = no clipping).")] = 1.0,
+    rotate: Annotated[bool, typer.Option(help="Random 90-degree rotations besides the flips.")] = True,
+    cache_mb: Annotated[float, typer.Option(help="Memory for decoded training images, MiB (least recently used out).")]
+    = 2048.0,
 ) -> None:
     """Train a model on a folder of clean photos (on-the-fly blur + noise); torchrun for several GPUs."""
     opts = TrainOptions(
-        data=str(data), out=str(out), model=model, val=str(val) if val else None, epochs=epochs, steps=steps,
+        data=[str(d) for d in data], out=str(out), model=model, val=str(val) if val else None, epochs=epochs,
+        steps=steps,
         lr=lr, batch_size=batch_size, crop=crop, loss=loss, ema=ema, val_every=val_every,
         val_crop=val_crop or None, val_limit=val_limit, save_every=save_every, keep=keep, log_every=log_every,
-        seed=seed, workers=workers, device=device, precision=precision, resume=resume,
+        seed=seed, workers=workers, device=device, precision=precision, resume=resume, init=init,
+        lr_schedule=lr_schedule, warmup=warmup, clip_grad=clip_grad, rotate=rotate, cache_mb=cache_mb,
     )
     result = train(opts, RichReporter(log_every), warn)
     if result.is_main:

@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from serpent_cli.config import SerpentConfig
-from serpent_cli.ops import selective_scan
+from serpent_cli.ops import directional_backend, selective_scan, ss2d_scan
 
 NUM_DIRECTIONS = 4
 
@@ -71,27 +71,52 @@ class SS2D(nn.Module):
         self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
-        length = h * w
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W)
+        if directional_backend(x.device):
+            y = self._scan_in_place(x)
+        else:
+            y = self._scan_unrolled(x)
+        y = self.out_norm(y)
+        return self.out_proj(y * F.silu(z))
+
+    def _ssm_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A = -exp(A_log), D and the delta bias in fp32 (the scan's parameters)."""
+        return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj_bias.float()
+
+    def _scan_in_place(self, x: torch.Tensor) -> torch.Tensor:
+        """The four directions walked by index arithmetic (numba): projections in image order."""
+        b, e, h, w = x.shape
+        k, n = NUM_DIRECTIONS, self.n_state
+        xc = x.permute(0, 2, 3, 1).reshape(b, h * w, e)  # (B, L, E) image order, channels last
+        x_dbl = F.linear(xc, self.x_proj_weight.reshape(k * (self.dt_rank + 2 * n), e))
+        x_dbl = x_dbl.view(b, h * w, k, self.dt_rank + 2 * n)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=3)
+        dts = torch.einsum("blkr,ker->blke", dts, self.dt_proj_weight)
+        A, D, bias = self._ssm_tensors()
+        y = ss2d_scan(xc, dts, A.view(k, e, n), Bs, Cs, D.view(k, e), bias, h, w)
+        return y.view(b, h, w, e)
+
+    def _scan_unrolled(self, x: torch.Tensor) -> torch.Tensor:
+        """Unroll to four sequences, scan them as one batch of channels, merge back (other backends)."""
+        b, _, h, w = x.shape
+        length = h * w
         xs = unroll_four_ways(x)  # (B, 4, E, L)
         x_dbl = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.n_state, self.n_state], dim=2)
         dts = torch.einsum("bkrl,ker->bkel", dts, self.dt_proj_weight)
+        A, D, bias = self._ssm_tensors()
         y = selective_scan(
             xs.reshape(b, -1, length),
             dts.reshape(b, -1, length),
-            -torch.exp(self.A_log.float()),
+            A,
             Bs.contiguous(),
             Cs.contiguous(),
-            self.D.float(),
-            delta_bias=self.dt_proj_bias.reshape(-1).float(),
+            D,
+            delta_bias=bias.reshape(-1),
             delta_softplus=True,
         )
-        y = merge_four_ways(y.view(b, NUM_DIRECTIONS, self.inner, length), h, w)
-        y = self.out_norm(y.permute(0, 2, 3, 1))
-        return self.out_proj(y * F.silu(z))
+        return merge_four_ways(y.view(b, NUM_DIRECTIONS, self.inner, length), h, w).permute(0, 2, 3, 1)
 
 
 class VSSBlock(nn.Module):

@@ -2,6 +2,8 @@
 
 ``selective_scan`` is the one entry point; it dispatches to a backend:
 
+* ``numba``  - our compiled CPU kernels (the CPU path whenever numba imports), which also
+  run SS2D's four scan directions in place (:func:`ss2d_scan`),
 * ``torch``  - vectorised chunked scan in plain PyTorch (any device),
 * ``triton`` - our GPU kernels (CUDA; on CPU tensors only under ``TRITON_INTERPRET=1``,
   which is slow and meant for tests),
@@ -10,7 +12,8 @@
 ``auto`` picks the fastest backend available for the tensors' device: on CUDA ``triton``
 when it imports and passes a one-time self-check against the PyTorch scan (so a broken
 Triton install degrades to a slower backend with a warning, never to wrong results), else
-``mamba`` when present, else ``torch``.  The environment variable ``SERPENT_SCAN_BACKEND``
+``mamba`` when present, else ``torch``;
+on CPU ``numba`` when it imports, else ``torch``.  The environment variable ``SERPENT_SCAN_BACKEND``
 forces one (useful for benchmarks and bug reports); forcing one that cannot run on the
 tensors' device is a one-line error saying why.
 """
@@ -28,7 +31,7 @@ import torch
 from serpent_cli.errors import UsageError
 from serpent_cli.ops.scan_torch import selective_scan_torch
 
-BACKENDS = ("auto", "torch", "triton", "mamba")
+BACKENDS = ("auto", "numba", "torch", "triton", "mamba")
 ENV_VAR = "SERPENT_SCAN_BACKEND"
 
 ScanFn = Callable[..., torch.Tensor]
@@ -51,6 +54,18 @@ def _mamba_fn() -> ScanFn | None:
     except Exception:  # a broken CUDA build must not break the CPU path
         return None
     return selective_scan_fn
+
+
+@functools.cache
+def _numba_fn() -> ScanFn | None:
+    """The compiled CPU scan, or None where numba does not import (then torch serves)."""
+    if importlib.util.find_spec("numba") is None:
+        return None
+    try:
+        from serpent_cli.ops.scan_numba import selective_scan_numba
+    except Exception:  # a broken numba / llvmlite install must not break the CPU path
+        return None
+    return selective_scan_numba
 
 
 @functools.cache
@@ -112,6 +127,8 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """
     device = torch.device(device)
     found = []
+    if device.type == "cpu" and _numba_fn() is not None:
+        found.append("numba")
     if device.type == "cuda":
         if _triton_fn() is not None:
             found.append("triton")
@@ -124,6 +141,12 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def _why_unavailable(backend: str, device: torch.device) -> str:
+    if backend == "numba":
+        if device.type != "cpu":
+            return f"the numba kernels run on the CPU, not on {device.type}"
+        if importlib.util.find_spec("numba") is None:
+            return "the numba package is not installed (pip install numba)"
+        return "numba is installed but does not import here"
     if backend == "triton":
         if importlib.util.find_spec("triton") is None:
             return "the triton package is not installed (pip install triton; Linux x86-64 with a CUDA GPU)"
@@ -167,7 +190,7 @@ def get_backend(name: str) -> ScanFn:
     """The scan function of a concrete backend name."""
     if name == "torch":
         return selective_scan_torch
-    fn = _triton_fn() if name == "triton" else _mamba_fn() if name == "mamba" else None
+    fn = {"triton": _triton_fn, "mamba": _mamba_fn, "numba": _numba_fn}.get(name, lambda: None)()
     if fn is None:
         raise BackendUnavailable(f"scan backend {name!r} is not available")
     return fn
@@ -201,6 +224,42 @@ def selective_scan(
     if name == "mamba":
         return fn(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
     return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def directional_backend(device: torch.device | str, backend: str = "auto") -> bool:
+    """True when SS2D should call :func:`ss2d_scan` (the in-place four-direction scan).
+
+    Only the numba backend walks the directions in place; the others (and FLOP counting,
+    which needs the registered op) keep the unroll / scan / merge path.
+    """
+    device = torch.device(device)
+    if device.type != "cpu" or _counting():
+        return False
+    return resolve_backend(backend, device) == "numba"
+
+
+def ss2d_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """SS2D's four-direction scan in place (numba backend), softplus on delta.
+
+    u: (b, L, E) image order, channels last, L = height * width; delta: (b, L, 4, E) raw, one
+    per direction (x_proj / dt_proj applied in image order); A: (4, E, N); B, C: (b, L, 4, N);
+    D, delta_bias: (4, E).  Returns (b, L, E): the sum over the four scan orders (row-major,
+    column-major, both reversed) of each direction's scan read back into image order, equal to
+    ``merge_four_ways(scan(unroll_four_ways(...)))`` without materialising the unrolled copies.
+    """
+    from serpent_cli.ops.scan_numba import DirectionalScan
+
+    return DirectionalScan.apply(u, delta, A, B, C, D, delta_bias, height, width)
 
 
 def _counting() -> bool:
@@ -237,7 +296,9 @@ __all__ = [
     "BackendUnavailable",
     "UnknownBackend",
     "available_backends",
+    "directional_backend",
     "get_backend",
     "resolve_backend",
     "selective_scan",
+    "ss2d_scan",
 ]

@@ -1,0 +1,356 @@
+"""Compiled CPU kernels of the selective scan (numba), forward and backward.
+
+Why this shape (DESIGN.md section 3, backend 4):
+
+* One parallel region per call, over (batch x channel block) work items.  A shared CPU
+  punishes many short parallel regions (each ends in a barrier); one region per scan does not.
+* Channels-last data, ``(batch, position, [direction,] channel)``, so the innermost loop runs
+  over contiguous channels and the compiler vectorises it; the state ``h[n, channel]`` of a
+  block stays in L1.
+* The cost to beat is one ``exp`` per (position, channel, state).  PyPI's llvmlite has no
+  vector math library, so ``math.exp`` would stay a scalar libm call; :func:`fast_exp2` is a
+  polynomial 2^x with the exponent set by bit manipulation, which LLVM vectorises (about 2
+  ulp in float32).  Float64 inputs use ``math.exp`` (exact gradient checks, not speed).
+* Four scan directions in place: in ``directional`` mode the kernel walks direction ``k``
+  over image-order tensors by index arithmetic (row-major, column-major, both reversed) and
+  adds the four outputs into image order, so no unrolled copies of the inputs exist.  In
+  plain mode (``directional=False``, one direction, identity order) the same kernel serves
+  mamba-ssm's ``selective_scan_fn`` contract, with B/C groups mapped onto channel blocks.
+* The backward recomputes states from boundary states saved every ``segment`` positions
+  by the forward, so its memory does not grow with L x N.
+
+Array conventions (all C-contiguous, same float dtype):
+    u (b, L, E); delta (b, L, K, E) raw (before bias / softplus); A (K, E, N);
+    Bm, Cm (b, L, G, N) with G = K in directional mode, G = groups in plain mode;
+    D, bias (K, E); y (b, L, E).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+# Not "fast": no-NaN / no-inf flags would let LLVM drop the clamps and break NaN propagation
+# (the reduced-precision fallback relies on seeing a NaN).  Reassociation lets the channel
+# reductions of the backward vectorise; contraction gives FMAs.
+FASTMATH = {"contract", "reassoc", "nsz", "arcp", "afn"}
+JIT = {"nogil": True, "cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
+
+
+@intrinsic
+def _int32_as_float32(typingctx, value):  # type: ignore[no-untyped-def]
+    """Reinterpret the bits of an int32 as a float32 (a vectorisable bitcast)."""
+    if value != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+def fast_exp2(x):  # type: ignore[no-untyped-def]  # pragma: no cover - replaced by the overload
+    """2**x; float32: polynomial + exponent bits (vectorisable), float64: libm."""
+    return 2.0**x
+
+
+@overload(fast_exp2, jit_options={"fastmath": FASTMATH})
+def _fast_exp2_impl(x):  # type: ignore[no-untyped-def]
+    if x == types.float32:
+        # Taylor coefficients of 2^f = exp(f ln 2); degree 6 on |f| <= 1/2 is within 2 ulp.
+        c1, c2, c3 = np.float32(LN2), np.float32(LN2**2 / 2), np.float32(LN2**3 / 6)
+        c4, c5, c6 = np.float32(LN2**4 / 24), np.float32(LN2**5 / 120), np.float32(LN2**6 / 720)
+        lo, hi, one = np.float32(-126.0), np.float32(127.0), np.float32(1.0)
+        shift = np.float32(200.5)
+
+        def impl32(x):  # type: ignore[no-untyped-def]
+            # Clamp to the normal float32 range (2^-126 .. 2^127); 2^-126 is 0 for a decay.
+            # Plain comparisons, not min/max: those lower to branches that stop vectorisation.
+            if x < lo:
+                x = lo
+            if x > hi:
+                x = hi
+            # round(x) by truncating x + 200.5 (positive) to an integer: libm's floor is a
+            # call, and float tricks ("add and subtract 1.5 * 2^23", "x - (w - 200)") are
+            # undone by reassociation.  Integer arithmetic is exact; the casts back to int32
+            # keep the lanes 32 bits wide.
+            whole = np.int32(np.int32(x + shift) - np.int32(200))
+            f = x - np.float32(whole)  # exact, in [-1/2, 1/2]
+            p = one + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
+            # 2^round(x): the float32 exponent field (round(x) + 127) << 23.
+            return p * _int32_as_float32(np.int32((whole + np.int32(127)) << np.int32(23)))
+
+        return impl32
+
+    def impl64(x):  # type: ignore[no-untyped-def]
+        return math.exp(x * LN2)
+
+    return impl64
+
+
+def softplus_parts(x):  # type: ignore[no-untyped-def]  # pragma: no cover - replaced by the overload
+    """(softplus(x), sigmoid(x)) without a libm call in float32."""
+    return x, x
+
+
+@overload(softplus_parts, jit_options={"fastmath": FASTMATH})
+def _softplus_parts_impl(x):  # type: ignore[no-untyped-def]
+    if x == types.float32:
+        zero, one, two, log2e = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(-LOG2E)
+        k3, k5, k7, k9 = np.float32(1 / 3), np.float32(1 / 5), np.float32(1 / 7), np.float32(1 / 9)
+        k11, k13, k15 = np.float32(1 / 11), np.float32(1 / 13), np.float32(1 / 15)
+
+        def impl32(x):  # type: ignore[no-untyped-def]
+            # softplus(x) = max(x, 0) + log1p(z), z = exp(-|x|) in (0, 1]; log1p(z) = 2 atanh(s),
+            # s = z / (2 + z) in (0, 1/3], a series that converges fast there (8 terms: < 1e-8).
+            z = fast_exp2(abs(x) * log2e)
+            s = z / (two + z)
+            s2 = s * s
+            series = s * (one + s2 * (k3 + s2 * (k5 + s2 * (k7 + s2 * (k9 + s2 * (k11 + s2 * (k13 + s2 * k15)))))))
+            sig = one / (one + z)
+            pos = x
+            if x < zero:
+                sig = z * sig
+                pos = zero
+            return pos + two * series, sig
+
+        return impl32
+
+    def impl64(x):  # type: ignore[no-untyped-def]
+        z = math.exp(-abs(x))
+        sig = 1.0 / (1.0 + z)
+        if x < 0.0:
+            sig = z * sig
+        return max(x, 0.0) + math.log1p(z), sig
+
+    return impl64
+
+
+@numba.njit(inline="always")
+def position(k: int, t: int, height: int, width: int, directional: bool) -> int:
+    """Image-order position of step t in scan direction k (see ``unroll_four_ways``)."""
+    if not directional:
+        return t
+    length = height * width
+    if k >= 2:
+        t = length - 1 - t
+    if k % 2 == 0:
+        return t
+    return (t % height) * width + t // height
+
+
+@numba.njit(inline="always")
+def load_direction(A, D, bias, k, e0, a2, dk, bk):  # type: ignore[no-untyped-def]
+    """Per (direction, channel block): A * log2(e) transposed to (N, block) rows, D and the delta bias."""
+    n_state, block = a2.shape
+    for n in range(n_state):
+        for e in range(block):
+            a2[n, e] = A[k, e0 + e, n] * LOG2E
+    for e in range(block):
+        dk[e] = D[k, e0 + e]
+        bk[e] = bias[k, e0 + e]
+
+
+@numba.njit(parallel=True, **JIT)
+def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, block, segment, y, saved):  # type: ignore[no-untyped-def]
+    """y = sum over directions of the scan (+ D u); saved[b, k, s] = state before position s * segment.
+
+    ``saved`` has a zero-length segment axis when no backward will follow (inference).
+    """
+    batch, length, channels = u.shape
+    directions = delta.shape[2]
+    n_state = A.shape[2]
+    blocks = channels // block
+    save = saved.shape[2] > 0
+    dtype = u.dtype
+    for item in prange(batch * blocks):
+        b = item // blocks
+        e0 = (item % blocks) * block
+        h = np.empty((n_state, block), dtype)
+        a2 = np.empty((n_state, block), dtype)
+        dt = np.empty(block, dtype)
+        du = np.empty(block, dtype)
+        acc = np.empty(block, dtype)
+        dk = np.empty(block, dtype)
+        bk = np.empty(block, dtype)
+        for k in range(directions):
+            group = k if directional else e0 // (channels // Bm.shape[2])
+            load_direction(A, D, bias, k, e0, a2, dk, bk)
+            h[:, :] = 0.0
+            for t in range(length):
+                if save and t % segment == 0:
+                    for n in range(n_state):
+                        saved[b, k, t // segment, n, e0 : e0 + block] = h[n]
+                p = position(k, t, height, width, directional)
+                urow = u[b, p, e0 : e0 + block]
+                drow = delta[b, p, k, e0 : e0 + block]
+                for e in range(block):
+                    raw = drow[e] + bk[e]
+                    if softplus:
+                        raw = softplus_parts(raw)[0]
+                    dt[e] = raw
+                    du[e] = raw * urow[e]
+                    acc[e] = dk[e] * urow[e]
+                brow = Bm[b, p, group]
+                crow = Cm[b, p, group]
+                for n in range(n_state):
+                    bn = brow[n]
+                    cn = crow[n]
+                    hrow = h[n]
+                    arow = a2[n]
+                    for e in range(block):
+                        hn = fast_exp2(dt[e] * arow[e]) * hrow[e] + du[e] * bn
+                        hrow[e] = hn
+                        acc[e] += cn * hn
+                yrow = y[b, p, e0 : e0 + block]
+                if k == 0:
+                    yrow[:] = acc
+                else:
+                    for e in range(block):
+                        yrow[e] += acc[e]
+
+
+@numba.njit(parallel=True, **JIT)
+def scan_backward(  # type: ignore[no-untyped-def]
+    u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, block, segment, saved, grad_y,
+    grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias,
+):
+    """Analytic gradients, walking each direction backwards one segment at a time.
+
+    Per segment the states are recomputed from the saved boundary state into a small
+    buffer, then the adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs backwards through it.
+    Outputs: grad_u (b, L, E) and grad_delta (b, L, K, E) written in full; grad_B, grad_C
+    (blocks, b, L, G, N) one partial per channel block (summed by the caller; zeroed by the
+    caller where a block does not write); grad_A (b, K, E, N), grad_D, grad_bias (b, K, E)
+    one partial per batch element.
+    """
+    batch, length, channels = u.shape
+    directions = delta.shape[2]
+    n_state = A.shape[2]
+    blocks = channels // block
+    dtype = u.dtype
+    zero = dtype.type(0.0)
+    one = dtype.type(1.0)
+    for item in prange(batch * blocks):
+        b = item // blocks
+        blk = item % blocks
+        e0 = blk * block
+        a2 = np.empty((n_state, block), dtype)
+        ak = np.empty((n_state, block), dtype)
+        g = np.empty((n_state, block), dtype)
+        gA = np.empty((n_state, block), dtype)
+        states = np.empty((segment + 1, n_state, block), dtype)
+        dts = np.empty((segment, block), dtype)
+        sigs = np.empty((segment, block), dtype)
+        du = np.empty(block, dtype)
+        gdt = np.empty(block, dtype)
+        gdu = np.empty(block, dtype)
+        dk = np.empty(block, dtype)
+        bk = np.empty(block, dtype)
+        gD = np.empty(block, dtype)
+        gbias = np.empty(block, dtype)
+        for p in range(length):
+            grad_u[b, p, e0 : e0 + block] = zero
+        for k in range(directions):
+            group = k if directional else e0 // (channels // Bm.shape[2])
+            load_direction(A, D, bias, k, e0, a2, dk, bk)
+            g[:, :] = 0.0
+            gA[:, :] = 0.0
+            for n in range(n_state):
+                for e in range(block):
+                    ak[n, e] = A[k, e0 + e, n]
+            for e in range(block):
+                gD[e] = 0.0
+                gbias[e] = 0.0
+            n_segments = (length + segment - 1) // segment
+            for s in range(n_segments - 1, -1, -1):
+                t0 = s * segment
+                t1 = min(length, t0 + segment)
+                # 1. Recompute the states of this segment from its saved start state.
+                for n in range(n_state):
+                    states[0, n] = saved[b, k, s, n, e0 : e0 + block]
+                for t in range(t0, t1):
+                    i = t - t0
+                    p = position(k, t, height, width, directional)
+                    urow = u[b, p, e0 : e0 + block]
+                    drow = delta[b, p, k, e0 : e0 + block]
+                    dtrow = dts[i]
+                    sigrow = sigs[i]
+                    for e in range(block):
+                        raw = drow[e] + bk[e]
+                        sig = one
+                        if softplus:
+                            raw, sig = softplus_parts(raw)
+                        dtrow[e] = raw
+                        sigrow[e] = sig
+                        du[e] = raw * urow[e]
+                    brow = Bm[b, p, group]
+                    for n in range(n_state):
+                        bn = brow[n]
+                        arow = a2[n]
+                        prev = states[i, n]
+                        nxt = states[i + 1, n]
+                        for e in range(block):
+                            nxt[e] = fast_exp2(dtrow[e] * arow[e]) * prev[e] + du[e] * bn
+                # 2. The adjoint, backwards through the segment.
+                for t in range(t1 - 1, t0 - 1, -1):
+                    i = t - t0
+                    p = position(k, t, height, width, directional)
+                    urow = u[b, p, e0 : e0 + block]
+                    gyrow = grad_y[b, p, e0 : e0 + block]
+                    dtrow = dts[i]
+                    for e in range(block):
+                        du[e] = dtrow[e] * urow[e]
+                        gdt[e] = 0.0
+                        gdu[e] = 0.0
+                    brow = Bm[b, p, group]
+                    crow = Cm[b, p, group]
+                    gbrow = grad_B[blk, b, p, group]
+                    gcrow = grad_C[blk, b, p, group]
+                    for n in range(n_state):
+                        bn = brow[n]
+                        cn = crow[n]
+                        arow = a2[n]
+                        akrow = ak[n]
+                        grow = g[n]
+                        garow = gA[n]
+                        prev = states[i, n]
+                        cur = states[i + 1, n]
+                        acc_b = zero
+                        acc_c = zero
+                        for e in range(block):
+                            a = fast_exp2(dtrow[e] * arow[e])
+                            gn = grow[e] + cn * gyrow[e]
+                            acc_c += cur[e] * gyrow[e]
+                            acc_b += gn * du[e]
+                            gdu[e] += gn * bn
+                            decayed = gn * prev[e] * a  # dL/da * a
+                            gdt[e] += decayed * akrow[e]
+                            garow[e] += decayed * dtrow[e]
+                            grow[e] = a * gn
+                        gbrow[n] = acc_b
+                        gcrow[n] = acc_c
+                    gurow = grad_u[b, p, e0 : e0 + block]
+                    gdrow = grad_delta[b, p, k, e0 : e0 + block]
+                    sigrow = sigs[i]
+                    for e in range(block):
+                        uu = urow[e]
+                        gurow[e] += gdu[e] * dtrow[e] + dk[e] * gyrow[e]
+                        graw = (gdt[e] + gdu[e] * uu) * sigrow[e]
+                        gdrow[e] = graw
+                        gbias[e] += graw
+                        gD[e] += gyrow[e] * uu
+            for n in range(n_state):
+                for e in range(block):
+                    grad_A[b, k, e0 + e, n] = gA[n, e]
+            for e in range(block):
+                grad_D[b, k, e0 + e] = gD[e]
+                grad_bias[b, k, e0 + e] = gbias[e]

@@ -1,0 +1,234 @@
+"""The ``numba`` scan backend: PyTorch autograd around the compiled CPU kernels.
+
+Two entry points share one pair of kernels (:mod:`serpent_cli.ops.numba_kernels`):
+
+* :func:`selective_scan_numba` - mamba-ssm's ``selective_scan_fn`` contract, (batch,
+  channels, L) tensors with B/C groups; it transposes to channels-last once (a copy of the
+  inputs, cheap next to the N-fold work of the scan) and runs the kernel in plain mode.
+* :class:`DirectionalScan` - the four-direction scan of SS2D over image-order, channels-last
+  tensors, with no unrolled copies (DESIGN.md section 3); ``serpent_cli.ops.ss2d_scan`` calls it.
+
+Compiled machine code is cached per user (see :func:`configure_cache`), so only the first
+run on a machine pays for compilation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+NUM_DIRECTIONS = 4
+# Positions per saved boundary state: the backward recomputes one segment's states into a
+# (segment, N, block) buffer, so this bounds its memory; the saved states cost N / SEGMENT
+# of the delta tensor.
+SEGMENT = 64
+MAX_BLOCK = 64  # channels per work item: the state h[N, block] stays in L1
+MIN_BLOCK = 16
+
+
+def configure_cache() -> None:
+    """Point numba's on-disk cache at a per-user folder unless the user chose one.
+
+    The package folder (numba's default) is often read-only (system or shared installs);
+    a per-user cache means only the first run on a machine compiles.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(base) / "serpent" / "numba")
+
+
+configure_cache()
+from serpent_cli.ops import numba_kernels as kernels  # noqa: E402  (the cache folder must be set first)
+
+
+def _start_numba_threads() -> None:
+    """Start numba's thread pool now, leaving torch's thread count as it was.
+
+    numba's OpenMP layer and torch can share one libgomp: starting numba's pool sets the
+    process-wide OpenMP thread count, which would silently undo ``torch.set_num_threads``.
+    Once the pool runs, numba's per-launch count no longer touches torch's.
+    """
+    import numba
+
+    wanted = torch.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+
+
+_start_numba_threads()
+
+
+def _threads() -> int:
+    """Follow torch's thread count (the one knob users and ``--threads`` set) for numba too."""
+    import numba
+
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    return threads
+
+
+def channel_block(channels: int, batch: int, threads: int | None = None) -> int:
+    """Channels per work item: a divisor of ``channels``, as wide as possible up to MAX_BLOCK.
+
+    Wide blocks vectorise best (measured on one core at 256x256, N = 11: 0.58 / 0.88 / 1.04
+    G state updates/s at 16 / 32 / 64 channels: the compiler's vector loop needs 32 or more
+    iterations), so a block is narrowed only until every thread has a work item, and never
+    below MIN_BLOCK when ``channels`` has such a divisor.
+    """
+    threads = threads or _threads()
+    divisors = [d for d in range(min(channels, MAX_BLOCK), 0, -1) if channels % d == 0]
+    chosen = divisors[0]
+    for d in divisors:
+        if d < MIN_BLOCK and chosen >= MIN_BLOCK:
+            break
+        chosen = d
+        if batch * (channels // d) >= threads:
+            break
+    return chosen
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp64 inputs run in fp64 (gradient checks); everything else in fp32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _np(t: torch.Tensor, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    """A C-contiguous numpy view (or copy) of a detached tensor in the compute dtype."""
+    return t.detach().to(dtype).contiguous().numpy()
+
+
+def _run_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, keep):  # type: ignore[no-untyped-def]
+    """Run the forward kernel on channels-last tensors; returns y and the boundary states."""
+    batch, length, channels = u.shape
+    directions, n_state = delta.shape[2], A.shape[2]
+    dtype = u.dtype
+    groups = Bm.shape[2]
+    block = channel_block(channels if directional else channels // groups, batch, _threads())
+    y = torch.empty(batch, length, channels, dtype=dtype)
+    n_saved = -(-length // SEGMENT) if keep else 0
+    saved = torch.empty(batch, directions, n_saved, n_state, channels, dtype=dtype)
+    kernels.scan_forward(
+        u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), D.numpy(), bias.numpy(), softplus,
+        height, width, directional, block, SEGMENT, y.numpy(), saved.numpy(),
+    )
+    return y, saved
+
+
+def _run_backward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, saved, grad_y):  # type: ignore[no-untyped-def]
+    """Run the backward kernel; returns grads of (u, delta, A, Bm, Cm, D, bias), partials summed."""
+    batch, _, channels = u.shape
+    directions, n_state = delta.shape[2], A.shape[2]
+    groups = Bm.shape[2]
+    dtype = u.dtype
+    block = channel_block(channels if directional else channels // groups, batch, _threads())
+    blocks = channels // block
+    grad_u = torch.empty_like(u)
+    grad_delta = torch.empty_like(delta)
+    grad_A = torch.empty(batch, directions, channels, n_state, dtype=dtype)
+    # Every block writes its own group's slots of its partial; the others must read as zero.
+    make = torch.zeros if (not directional and groups > 1) else torch.empty
+    grad_B = make(blocks, *Bm.shape, dtype=dtype)
+    grad_C = make(blocks, *Cm.shape, dtype=dtype)
+    grad_D = torch.empty(batch, directions, channels, dtype=dtype)
+    grad_bias = torch.empty(batch, directions, channels, dtype=dtype)
+    kernels.scan_backward(
+        u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), D.numpy(), bias.numpy(), softplus,
+        height, width, directional, block, SEGMENT, saved.numpy(), grad_y.numpy(),
+        grad_u.numpy(), grad_delta.numpy(), grad_A.numpy(), grad_B.numpy(), grad_C.numpy(),
+        grad_D.numpy(), grad_bias.numpy(),
+    )
+    return grad_u, grad_delta, grad_A.sum(0), grad_B.sum(0), grad_C.sum(0), grad_D.sum(0), grad_bias.sum(0)
+
+
+def _contiguous(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.detach().to(dtype).contiguous()
+
+
+class _PlainScan(torch.autograd.Function):
+    """mamba-ssm's contract: u, delta (b, d, L); A (d, N); B, C (b, g, N, L); D, bias (d,)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):  # type: ignore[override]
+        dtype = _compute_dtype(u)
+        channels = u.shape[1]
+        zeros = torch.zeros(1, channels, dtype=dtype)
+        args = (
+            _contiguous(u.transpose(1, 2), dtype),
+            _contiguous(delta.transpose(1, 2).unsqueeze(2), dtype),
+            _contiguous(A.unsqueeze(0), dtype),
+            _contiguous(B.permute(0, 3, 1, 2), dtype),
+            _contiguous(C.permute(0, 3, 1, 2), dtype),
+            zeros if D is None else _contiguous(D.unsqueeze(0), dtype),
+            zeros if delta_bias is None else _contiguous(delta_bias.unsqueeze(0), dtype),
+        )
+        keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        y, saved = _run_forward(*args, bool(delta_softplus), 1, u.shape[2], False, keep)
+        ctx.save_for_backward(*args, saved)
+        ctx.softplus = bool(delta_softplus)
+        ctx.has_D, ctx.has_bias = D is not None, delta_bias is not None
+        ctx.dtypes = [t.dtype if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]
+        return y.transpose(1, 2).to(u.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):  # type: ignore[override]
+        *args, saved = ctx.saved_tensors
+        u = args[0]
+        gy = _contiguous(grad_y.transpose(1, 2), u.dtype)
+        g_u, g_delta, g_A, g_B, g_C, g_D, g_bias = _run_backward(
+            *args, ctx.softplus, 1, u.shape[1], False, saved, gy
+        )
+        dtypes = ctx.dtypes
+        out = [
+            g_u.transpose(1, 2).to(dtypes[0]),
+            g_delta.squeeze(2).transpose(1, 2).to(dtypes[1]),
+            g_A.squeeze(0).to(dtypes[2]),
+            g_B.permute(0, 2, 3, 1).to(dtypes[3]),
+            g_C.permute(0, 2, 3, 1).to(dtypes[4]),
+            g_D.squeeze(0).to(dtypes[5]) if ctx.has_D else None,
+            g_bias.squeeze(0).to(dtypes[6]) if ctx.has_bias else None,
+        ]
+        return (*[g if need else None for g, need in zip(out, ctx.needs_input_grad)], None)
+
+
+class DirectionalScan(torch.autograd.Function):
+    """SS2D's four directions over image-order, channels-last tensors (``serpent_cli.ops.ss2d_scan``)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, height, width):  # type: ignore[override]
+        dtype = _compute_dtype(u)
+        args = tuple(_contiguous(t, dtype) for t in (u, delta, A, B, C, D, delta_bias))
+        keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
+        y, saved = _run_forward(*args, True, height, width, True, keep)
+        ctx.save_for_backward(*args, saved)
+        ctx.shape = (height, width)
+        ctx.dtypes = [t.dtype for t in (u, delta, A, B, C, D, delta_bias)]
+        return y.to(u.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):  # type: ignore[override]
+        *args, saved = ctx.saved_tensors
+        gy = _contiguous(grad_y, args[0].dtype)
+        grads = _run_backward(*args, True, *ctx.shape, True, saved, gy)
+        out = [g.to(dt) if need else None for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
+        return (*out, None, None)
+
+
+def selective_scan_numba(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Compiled CPU scan; same contract as :func:`serpent_cli.ops.selective_scan`."""
+    return _PlainScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)

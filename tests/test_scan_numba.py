@@ -1,0 +1,206 @@
+"""The compiled CPU scan (numba backend): exact gradients, the in-place four directions, real models.
+
+The oracle comparisons of forward and all seven gradients over many shapes live in
+``test_scan.py`` (parametrised over backends); here: float64 gradcheck, each scan direction of the
+in-place SS2D scan against unroll / scan / merge, awkward layouts, a bundled model on a real
+photo, training steps, the thread count, and the per-user compile cache.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import serpent_cli.ops.scan_numba as scan_numba
+from serpent_cli import create_model
+from serpent_cli.imageio import read_rgb
+from serpent_cli.models.serpent import merge_four_ways, unroll_four_ways
+from serpent_cli.ops import directional_backend, selective_scan, ss2d_scan
+from serpent_cli.ops.scan_reference import selective_scan_reference
+
+K = 4  # scan directions
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+def test_float64_gradcheck(monkeypatch: pytest.MonkeyPatch, softplus: bool) -> None:
+    """fp64 in, fp64 inside: torch's numerical gradcheck passes, across several saved segments."""
+    monkeypatch.setattr(scan_numba, "SEGMENT", 4)  # L = 11: three segments, the last one short
+    g = _gen(3)
+    b, d, n, length, groups = 2, 4, 3, 11, 2
+    u, delta = torch.randn(b, d, length, generator=g, dtype=torch.float64), torch.rand(b, d, length, generator=g,
+                                                                                       dtype=torch.float64)
+    A = -torch.rand(d, n, generator=g, dtype=torch.float64) - 0.1
+    B, C = (torch.randn(b, groups, n, length, generator=g, dtype=torch.float64) for _ in range(2))
+    D, bias = torch.randn(d, generator=g, dtype=torch.float64), torch.rand(d, generator=g, dtype=torch.float64)
+    ins = tuple(t.requires_grad_() for t in (u, delta, A, B, C, D, bias))
+
+    def fn(*args: torch.Tensor) -> torch.Tensor:
+        return selective_scan(*args, softplus, backend="numba")
+
+    assert fn(*ins).dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, ins, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def _directional_inputs(b: int, e: int, n: int, h: int, w: int, seed: int) -> list[torch.Tensor]:
+    """Image-order, channels-last inputs of the in-place scan."""
+    g = _gen(seed)
+    length = h * w
+    return [
+        torch.randn(b, length, e, generator=g),
+        torch.randn(b, length, K, e, generator=g),
+        -torch.rand(K, e, n, generator=g) * 2 - 0.05,
+        torch.randn(b, length, K, n, generator=g),
+        torch.randn(b, length, K, n, generator=g),
+        torch.randn(K, e, generator=g),
+        torch.randn(K, e, generator=g) * 0.5,
+    ]
+
+
+def _unrolled_reference(ins: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
+    """unroll_four_ways -> oracle scan -> merge_four_ways, the path every other backend takes."""
+    u, delta, A, B, C, D, bias = ins
+    b, length, e = u.shape
+    n = A.shape[-1]
+    image = u.transpose(1, 2).reshape(b, e, h, w)
+    xs = unroll_four_ways(image).reshape(b, K * e, length)
+    # delta, B and C are per direction but computed in image order: unroll each direction's own copy.
+    ds = torch.stack([unroll_four_ways(delta[:, :, k].transpose(1, 2).reshape(b, e, h, w))[:, k] for k in range(K)], 1)
+    bs = torch.stack([unroll_four_ways(B[:, :, k].transpose(1, 2).reshape(b, n, h, w))[:, k] for k in range(K)], 1)
+    cs = torch.stack([unroll_four_ways(C[:, :, k].transpose(1, 2).reshape(b, n, h, w))[:, k] for k in range(K)], 1)
+    y = selective_scan_reference(xs, ds.reshape(b, K * e, length), A.reshape(K * e, n), bs, cs, D.reshape(-1),
+                                 bias.reshape(-1), True)
+    return merge_four_ways(y.view(b, K, e, length), h, w).flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("direction", range(K))
+@pytest.mark.parametrize("size", [(5, 7), (9, 4), (1, 1), (1, 6), (16, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_each_direction_matches_unroll_scan_merge(direction: int, size: tuple[int, int]) -> None:
+    """Only direction k contributes (C and D zero elsewhere): forward and every gradient agree."""
+    h, w = size
+    ins = _directional_inputs(2, 16, 5, h, w, seed=17 * h + w + direction)
+    mask = torch.zeros(K)
+    mask[direction] = 1
+    ins[4] = ins[4] * mask[None, None, :, None]
+    ins[5] = ins[5] * mask[:, None]
+    leaves = [t.detach().requires_grad_() for t in ins]
+    y = ss2d_scan(*leaves, h, w)
+    ref = _unrolled_reference(leaves, h, w)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    gy = torch.randn(y.shape, generator=_gen(5))
+    for name, got, want in zip("u delta A B C D bias".split(), torch.autograd.grad(y, leaves, gy),
+                               torch.autograd.grad(ref, leaves, gy)):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_all_directions_together_and_wide_channels() -> None:
+    """All four at once (the real use), channels spanning several work items, batch 2."""
+    h, w = 6, 11
+    leaves = [t.requires_grad_() for t in _directional_inputs(2, 128, 7, h, w, seed=23)]
+    y = ss2d_scan(*leaves, h, w)
+    ref = _unrolled_reference(leaves, h, w)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    gy = torch.randn(y.shape, generator=_gen(6))
+    for got, want in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, leaves, gy)):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_non_contiguous_and_low_precision_inputs() -> None:
+    """Strided views and bf16 go in; the result has u's dtype and matches the oracle."""
+    g = _gen(8)
+    b, d, n, length = 2, 6, 4, 33
+    u = torch.randn(b, length, d, generator=g).transpose(1, 2)  # non-contiguous (b, d, L)
+    delta = torch.randn(b, d, 2 * length, generator=g)[:, :, ::2]  # strided
+    A = -torch.rand(n, d, generator=g).t()  # transposed
+    B = torch.randn(b, 3, length, n, generator=g).transpose(2, 3)
+    C = torch.randn(b, 3, n, length, generator=g)
+    y = selective_scan(u, delta, A, B, C, None, None, True, backend="numba")
+    torch.testing.assert_close(y, selective_scan_reference(u, delta, A, B, C, None, None, True), rtol=1e-4, atol=1e-4)
+    low = selective_scan(u.bfloat16(), delta.bfloat16(), A, B, C, None, None, True, backend="numba")
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), y, rtol=5e-2, atol=5e-2)
+
+
+def test_bundled_serpent_l_same_output_with_numba_and_torch(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    """The shipped serpent-l on a real photo: the in-place numba path and the torch path agree."""
+    model = create_model("serpent-l", pretrained=True).eval()
+    photo = read_rgb(sorted((data_dir / "kodak24").iterdir())[0])[:, :192, :160].unsqueeze(0)
+    assert directional_backend("cpu")
+    with torch.inference_mode():
+        fast = model(photo)
+        monkeypatch.setenv("SERPENT_SCAN_BACKEND", "torch")
+        assert not directional_backend("cpu")
+        slow = model(photo)
+    assert (fast - slow).abs().max().item() < 1e-4
+
+
+def test_training_steps_match_torch(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    """Three Adam steps of serpent-b on real crops: the same weights with either backend."""
+    photo = read_rgb(sorted((data_dir / "natural-train").iterdir())[0])
+    clean = torch.stack([photo[:, :48, :48], photo[:, 48:96, 48:96]])
+    noisy = clean + 0.05 * torch.randn(clean.shape, generator=_gen(0))
+
+    def train(backend: str) -> dict[str, torch.Tensor]:
+        monkeypatch.setenv("SERPENT_SCAN_BACKEND", backend)
+        torch.manual_seed(0)
+        model = create_model("serpent-b")
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.l1_loss(model(noisy), clean).backward()
+            opt.step()
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    fast, slow = train("numba"), train("torch")
+    for name in fast:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_thread_count_follows_torch_and_is_left_alone() -> None:
+    """numba uses torch's thread count; starting numba's pool does not reset torch's."""
+    import numba
+
+    before = torch.get_num_threads()
+    ins = _directional_inputs(1, 16, 3, 4, 4, seed=1)
+    try:
+        torch.set_num_threads(1)
+        ss2d_scan(*ins, 4, 4)
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_channel_blocks_divide_and_balance() -> None:
+    for channels, batch, threads in [(64, 1, 2), (512, 2, 4), (6, 1, 2), (96, 3, 1), (7, 1, 8)]:
+        block = scan_numba.channel_block(channels, batch, threads)
+        assert channels % block == 0 and block <= scan_numba.MAX_BLOCK
+        assert block >= min(channels, scan_numba.MIN_BLOCK) or channels % scan_numba.MIN_BLOCK
+        wider = [d for d in range(block + 1, min(channels, scan_numba.MAX_BLOCK) + 1) if channels % d == 0]
+        assert not wider or batch * (channels // wider[0]) < threads  # narrowed only for the threads
+
+
+def test_compiled_code_is_cached_per_user(tmp_path: Path) -> None:
+    """A fresh process compiles into $XDG_CACHE_HOME/serpent/numba; the next one loads from there."""
+    code = (
+        "import torch\nfrom serpent_cli.ops import selective_scan\n"
+        "x = torch.ones(1, 2, 5)\n"
+        "y = selective_scan(x, x, -torch.ones(2, 3), torch.ones(1, 1, 3, 5), torch.ones(1, 1, 3, 5), backend='numba')\n"
+        "print(float(y.sum()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    cached = list((tmp_path / "serpent" / "numba").rglob("*scan_forward*.nbc"))
+    assert cached, "no compiled forward kernel in the per-user cache"
+    stamp = {p: p.stat().st_mtime_ns for p in cached}
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamp  # loaded, not compiled again

@@ -33,7 +33,7 @@ def require_matplotlib() -> None:
     except ImportError:
         from serpent_cli.peers import BENCH_EXTRA
 
-        raise SerpentError(f"--plot needs matplotlib: {BENCH_EXTRA}") from None
+        raise SerpentError(f"--plot needs matplotlib: {BENCH_EXTRA} (or pip install matplotlib)") from None
 
 
 def _series(rows: list[dict[str, Any]], model: str, getter: Any) -> tuple[list[int], list[float]]:

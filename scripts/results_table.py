@@ -63,9 +63,9 @@ def main() -> int:
         for dataset in args.sets:
             print(f"eval {name} on {dataset}", file=sys.stderr, flush=True)
             report = evaluate(args.data / dataset, name, weights, args.limit)
-            rows = {row["model"]: row for row in report["summary"]}
-            results.setdefault("degraded input", {})[dataset] = rows["degraded input"]
-            results.setdefault(name, {})[dataset] = rows[name]
+            baseline, scored = report["summary"]  # the model's row is labelled "NAME (WEIGHTS)"
+            results.setdefault("degraded input", {})[dataset] = baseline
+            results.setdefault(name, {})[dataset] = scored
     gflops = {name: model_flops(name, 512)[1] / 1e9 for name, _ in models}
     if args.json:
         args.json.write_text(json.dumps({"limit": args.limit, "gflops_512": gflops, "results": results}, indent=1))

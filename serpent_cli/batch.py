@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serpent_cli.errors import EXIT_OK, EXIT_SOME_FAILED, SerpentError, UsageError
-from serpent_cli.imageio import IMAGE_EXTENSIONS
+from serpent_cli.formats import IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
     from serpent_cli.imageio import Picture
@@ -63,10 +63,14 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
     index: int = -1  # position among the inputs (orders results gathered from several ranks)
 
-    def to_json(self) -> str:
+    def to_json(self, fields: Sequence[str] = ()) -> str:
+        """One JSON line; every key of ``fields`` is present (null when this result has no value for
+        it), so lines of ok, skipped and failed inputs all have the same keys."""
         data = asdict(self)
         data.pop("index")
-        data.update(data.pop("extra"))
+        extra = data.pop("extra")
+        data.update({key: None for key in fields})
+        data.update(extra)
         return json.dumps(data)
 
 
@@ -242,6 +246,9 @@ def check_batch_options(inputs: Sequence[str], output: str | None, policy: Outpu
         raise UsageError("--json and -o - both want stdout; write the image to a file")
     if list(inputs).count(STDIO) > 1:
         raise UsageError("- (stdin) can be given once")
+    if (output == STDIO or (output is None and STDIO in inputs)) and sys.stdout.isatty():
+        # As gzip does: image bytes on a terminal are garbage and can upset it.
+        raise UsageError("image data not written to a terminal; redirect stdout (> out.png) or pass -o FILE")
 
 
 Transform = Callable[["Picture"], tuple["Picture", dict[str, Any]]]
@@ -353,7 +360,7 @@ def summary(results: Sequence[Result], verb: str) -> str:
     return ", ".join(parts) + f" in {total:.1f} s"
 
 
-def print_json(result: Result) -> None:
-    """One JSON object per input on stdout (flushed, so scripts can stream)."""
-    sys.stdout.write(result.to_json() + "\n")
+def print_json(result: Result, fields: Sequence[str] = ()) -> None:
+    """One JSON object per input on stdout (flushed, so scripts can stream); see :meth:`Result.to_json`."""
+    sys.stdout.write(result.to_json(fields) + "\n")
     sys.stdout.flush()

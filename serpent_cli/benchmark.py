@@ -293,14 +293,6 @@ class BenchOptions:
     budget_s: float = 30.0  # per measurement: slow models get fewer repeats (at least 1 after warm-up)
 
 
-def default_models() -> list[str]:
-    """Every known model whose dependencies import here."""
-    from serpent_cli.peers import spandrel_available
-
-    have_spandrel = spandrel_available()
-    return [name for name, spec in MODELS.items() if have_spandrel or not spec.needs_spandrel]
-
-
 def default_tiles(resolution: int) -> list[int]:
     """Tile sizes worth comparing for one image size: untiled, then powers of two below it."""
     return [0] + [t for t in (128, 256, 512, 1024, 2048) if t < resolution]

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from serpent_cli.degradation import BENCHMARK, Degradation, stable_seed
-from serpent_cli.errors import SerpentError, UsageError
-from serpent_cli.imageio import IMAGE_EXTENSIONS, ImageReadError, read_rgb
+from serpent_cli.errors import SerpentError, UsageError, require_folder
+from serpent_cli.imageio import IMAGE_EXTENSIONS, ImageReadError, pillow_limit_lifted, read_rgb
 
 
 @dataclass
@@ -47,11 +47,7 @@ class ImageFolderScan:
 
 def scan_image_folder(root: Path) -> ImageFolderScan:
     """Images under ``root`` (recursive, sorted); stray or unreadable files are listed in ``skipped``."""
-    root = Path(root)
-    if not root.exists():
-        raise UsageError(f"data folder not found: {root}")
-    if not root.is_dir():
-        raise UsageError(f"{root} is not a folder; pass a folder of training images")
+    root = require_folder(root)
     images: list[Path] = []
     sizes: list[tuple[int, int]] = []
     skipped: list[Path] = []
@@ -62,7 +58,7 @@ def scan_image_folder(root: Path) -> ImageFolderScan:
             skipped.append(path)
             continue
         try:
-            with Image.open(path) as img:  # header only: cheap; the full decode happens at load time
+            with pillow_limit_lifted(), Image.open(path) as img:  # header only; decoded (and size-checked) at load
                 sizes.append(img.size)
             images.append(path)
         except (UnidentifiedImageError, OSError, ValueError):

@@ -4,15 +4,22 @@ Used by `serpent degrade`, training (on the fly) and evaluation (seeded per file
 three see exactly the same corruption.  Evaluation noise is drawn from a generator seeded
 by a stable hash of the image's relative path plus a global seed: the same numbers on
 every machine and every run, independent of file order or process count.
+
+torch is imported where pixels are touched, not at import: checking the parameters of
+`serpent degrade` (a usage error) does not need it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
+
+EVAL_SEED = 0
+"""The global seed of the benchmark noise (`serpent eval`, `serpent degrade`)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,8 @@ class Degradation:
 
     def blur(self, images: torch.Tensor) -> torch.Tensor:
         """Per-channel separable Gaussian blur with reflect padding; (B, C, H, W) or (C, H, W)."""
+        import torch.nn.functional as F
+
         if self.blur_sigma == 0 or self.kernel_size == 1:
             return images
         squeeze = images.dim() == 3
@@ -44,6 +53,8 @@ class Degradation:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Blur then add noise. Not clipped: the network sees the true degradation."""
+        import torch
+
         blurred = self.blur(images)
         if self.noise_sigma == 0:
             return blurred
@@ -54,16 +65,20 @@ class Degradation:
 BENCHMARK = Degradation()
 
 
-def gaussian_kernel_1d(size: int, sigma: float, *, dtype: torch.dtype = torch.float32,
+def gaussian_kernel_1d(size: int, sigma: float, *, dtype: torch.dtype | None = None,
                        device: torch.device | str = "cpu") -> torch.Tensor:
-    """Normalised 1-D Gaussian; the 2-D kernel is its outer product (separable)."""
+    """Normalised 1-D Gaussian (float32 unless ``dtype``); the 2-D kernel is its outer product (separable)."""
+    import torch
+
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     k = torch.exp(-(x**2) / (2 * sigma**2))
-    return (k / k.sum()).to(dtype=dtype, device=device)
+    return (k / k.sum()).to(dtype=dtype or torch.float32, device=device)
 
 
 def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Reflect padding that also works when the image is smaller than the kernel radius."""
+    import torch.nn.functional as F
+
     while pad > 0:
         step = min(pad, x.shape[-1] - 1, x.shape[-2] - 1)
         if step <= 0:
@@ -81,4 +96,6 @@ def stable_seed(key: str, seed: int = 0) -> int:
 
 def seeded_generator(key: str, seed: int = 0) -> torch.Generator:
     """CPU generator for the noise of one file; see :func:`stable_seed`."""
+    import torch
+
     return torch.Generator().manual_seed(stable_seed(key, seed))

@@ -1,18 +1,17 @@
 """Process groups for torchrun: the same command runs alone or as one of N ranks.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them everything here degrades to a
-single process, so callers never branch on how they were started.
+single process, so callers never branch on how they were started.  torch is imported only when a
+process group is involved: a lone process plans and reports without it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
-
-import torch
-import torch.distributed as dist
 
 T = TypeVar("T")
 
@@ -46,7 +45,12 @@ def context_from_env() -> DistContext:
 def init_distributed(device_type: str = "cpu") -> DistContext:
     """Join the process group when started by torchrun (gloo on CPU, nccl on CUDA); idempotent."""
     ctx = context_from_env()
-    if ctx.is_distributed and not dist.is_initialized():
+    if not ctx.is_distributed:
+        return ctx
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" and dist.is_nccl_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(ctx.local_rank)
@@ -61,7 +65,11 @@ def shard(items: Sequence[T], ctx: DistContext) -> list[T]:
 
 def gather_objects(obj: object, ctx: DistContext) -> list[object]:
     """Every rank's ``obj``, in rank order, on every rank."""
-    if not (ctx.is_distributed and dist.is_initialized()):
+    if not ctx.is_distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
         return [obj]
     gathered: list[object] = [None] * ctx.world_size
     dist.all_gather_object(gathered, obj)
@@ -70,11 +78,16 @@ def gather_objects(obj: object, ctx: DistContext) -> list[object]:
 
 def barrier(ctx: DistContext) -> None:
     """Wait for all ranks (no-op alone)."""
-    if ctx.is_distributed and dist.is_initialized():
+    if not ctx.is_distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         dist.barrier()
 
 
 def shutdown() -> None:
-    """Leave the process group if this process joined one."""
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group if this process joined one (none can exist before torch.distributed loads)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -21,3 +23,13 @@ class UsageError(SerpentError):
 
 class WeightsError(SerpentError):
     """A weights file is missing, corrupt, or describes another architecture."""
+
+
+def require_folder(path: str | Path, what: str = "data") -> Path:
+    """``path`` as a folder, or a UsageError naming it; cheap, so commands check it before heavy imports."""
+    folder = Path(path)
+    if not folder.exists():
+        raise UsageError(f"{what} folder not found: {folder}")
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder; pass a folder of images")
+    return folder

@@ -23,12 +23,11 @@ import torch
 from torch import nn
 
 from serpent_cli.data import center_crop, relative_key, scan_image_folder
-from serpent_cli.degradation import BENCHMARK, Degradation, seeded_generator
+from serpent_cli.degradation import BENCHMARK, EVAL_SEED, Degradation, seeded_generator
 from serpent_cli.errors import UsageError
 from serpent_cli.imageio import ImageReadError, read_rgb
 from serpent_cli.metrics import LPIPS, SSIM_WINDOW, lpips_unavailable_reason, psnr, ssim
 
-EVAL_SEED = 0
 BASELINE_NAME = "degraded input"
 
 
@@ -81,6 +80,27 @@ def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = Non
 
 
 Restore = Callable[[torch.Tensor], torch.Tensor]
+
+
+def load_eval_model(model: str | None, weights: Path | None) -> tuple[nn.Module, str]:
+    """The network `serpent eval` scores and the label of its row.
+
+    Without ``--weights`` the model is chosen as `serpent deblur` chooses it
+    (:func:`serpent_cli.restore.pretrained_weights`), so the two commands default alike.  With
+    ``--weights FILE`` the variant comes from the file (``--model``, if given, must match) and the
+    label names the file, e.g. ``serpent-b (runs/b/model.safetensors)``: rows of two runs of one
+    variant stay apart.
+    """
+    from serpent_cli.restore import pretrained_weights
+    from serpent_cli.weights import load_model
+
+    if weights is None:
+        name, path = pretrained_weights(model)
+        return load_model(path, expected_name=name), name
+    net = load_model(weights, expected_name=model)
+    config = getattr(net, "config", None)
+    variant = model or (config.name if config is not None else f"unet-{getattr(net, 'channels', '')}")
+    return net, f"{variant} ({weights})"
 
 
 def model_restorer(model: nn.Module, device: torch.device, *, tile: int | None = 0, overlap: int = 32,

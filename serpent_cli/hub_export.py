@@ -21,7 +21,7 @@ from typing import Any
 
 from serpent_cli import __version__
 from serpent_cli.atomic import write_atomic
-from serpent_cli.errors import SerpentError, UsageError
+from serpent_cli.errors import SerpentError, UsageError, WeightsError
 from serpent_cli.registry import HUB_FILENAME, load_registry, sha256_file
 
 LIBRARY_NAME = "serpent-cli"
@@ -164,9 +164,11 @@ def export_folder(
     overwrite: bool = False,
 ) -> ExportResult:
     """Validate ``weights`` (full load) and write the Hub folder into ``out_dir``."""
+    weights = Path(weights)
+    if not weights.exists():  # before torch and safetensors load: a typo answers at once
+        raise WeightsError(f"weights file not found: {weights}")
     from serpent_cli.weights import FORMAT_NAME, FORMAT_VERSION, load_model, read_metadata
 
-    weights = Path(weights)
     model = load_model(weights)  # raises one clear WeightsError for anything that is not a valid Serpent file
     config = model.config.to_dict()  # type: ignore[union-attr, operator]
     del model

@@ -24,33 +24,26 @@ Decisions (DESIGN.md section 5 is the contract):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
-import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from serpent_cli import atomic
 from serpent_cli.errors import SerpentError
+from serpent_cli.formats import EXTENSION_BY_FORMAT, FORMAT_BY_EXTENSION, IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-FORMAT_BY_EXTENSION = {
-    ".png": "PNG",
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".bmp": "BMP",
-    ".webp": "WEBP",
-}
-EXTENSION_BY_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
+if TYPE_CHECKING:
+    import torch
+
 MIN_SIDE = 8
 ORIENTATION_TAG = 0x0112
 _TIFF_TEXT_TAGS = (270, 271, 272, 305, 306, 315, 33432)
@@ -66,6 +59,22 @@ def max_pixels() -> int:
 
 
 MAX_PIXELS = max_pixels()
+
+
+@contextlib.contextmanager
+def pillow_limit_lifted() -> Iterator[None]:
+    """Switch off Pillow's own decompression-bomb check while opening an image.
+
+    Pillow refuses images over about 179 megapixels with its own error, which ``SERPENT_MAX_PIXELS``
+    could not lift and which gave no hint; :func:`_check_size` is the one limit, checked from the
+    header before any pixel is decoded, and its message says how to raise it.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 class ImageReadError(SerpentError):
@@ -107,6 +116,8 @@ class Picture:
 
     def to_tensor(self) -> torch.Tensor:
         """Colour planes as float32 (C, H, W); C = 1 or 3."""
+        import torch
+
         return torch.from_numpy(np.ascontiguousarray(self.pixels)).permute(2, 0, 1).contiguous()
 
     def with_pixels(self, pixels: np.ndarray) -> Picture:
@@ -188,13 +199,18 @@ def _check_size(label: str, width: int, height: int) -> None:
     if width * height > limit:
         raise ImageReadError(
             f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-            f"{limit / 1e6:.0f} MP safety limit (possible decompression bomb); "
-            f"raise SERPENT_MAX_PIXELS if the image is genuine"
+            f"{limit / 1e6:.0f} MP safety limit (possible decompression bomb); if the image is genuine, "
+            f"raise the limit with SERPENT_MAX_PIXELS={_suggested_limit(width * height)}"
         )
     if min(width, height) < MIN_SIDE:
         raise ImageReadError(
             f"{label}: {width}x{height} is too small to deblur (at least {MIN_SIDE}x{MIN_SIDE} pixels)"
         )
+
+
+def _suggested_limit(pixels: int) -> int:
+    """A round limit just above ``pixels`` for the hint (the next 10 megapixels)."""
+    return (pixels // 10_000_000 + 1) * 10_000_000
 
 
 def _png_bit_depth(data: bytes) -> int:
@@ -208,14 +224,9 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def _read_pillow(data: bytes, label: str) -> Picture:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with pillow_limit_lifted():
         try:
             img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError:
-            raise ImageReadError(
-                f"{label}: image header declares too many pixels (possible decompression bomb)"
-            ) from None
         except UnidentifiedImageError:
             raise ImageReadError(f"{label}: not an image, or a format serpent cannot read") from None
         fmt = (img.format or "PNG").upper()
@@ -285,11 +296,9 @@ def _read_png16(data: bytes, label: str) -> Picture:
     import imagecodecs
 
     _check_size(label, *_png_size(data))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as img:  # metadata only; pixels come from imagecodecs
-            exif_obj = img.getexif()
-            icc = img.info.get("icc_profile") or None
+    with pillow_limit_lifted(), Image.open(io.BytesIO(data)) as img:  # metadata only; pixels: imagecodecs
+        exif_obj = img.getexif()
+        icc = img.info.get("icc_profile") or None
     try:
         arr = imagecodecs.png_decode(data)
     except Exception as exc:  # imagecodecs raises its own PngError types
@@ -494,6 +503,8 @@ def write_picture(
 
 
 __all__ = [
+    "EXTENSION_BY_FORMAT",
+    "FORMAT_BY_EXTENSION",
     "IMAGE_EXTENSIONS",
     "MIN_SIDE",
     "ImageReadError",
@@ -502,6 +513,7 @@ __all__ = [
     "encode_picture",
     "format_for",
     "list_images",
+    "pillow_limit_lifted",
     "read_picture",
     "read_rgb",
     "write_bytes_atomic",

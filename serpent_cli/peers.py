@@ -3,7 +3,9 @@
 Peers are built with random initialisation (no downloads): FLOPs, memory and latency do
 not depend on the weights.  SwinIR and NAFNet come from spandrel's architecture classes,
 so they are exactly the networks people run through spandrel-based tools; spandrel is
-imported lazily, and only when one of those peers is asked for.
+imported lazily, and only when one of those peers is asked for.  spandrel (with torchvision) and
+matplotlib are the optional ``bench`` extra: a user who only deblurs does not need them.  torch
+itself is imported when a model is built, so the names here check a command line without it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from serpent_cli.errors import SerpentError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+BENCH_EXTRA = "pip install 'serpent-cli[bench]'"
+"""How to get the SwinIR / NAFNet peers and --plot (spandrel, torchvision, matplotlib)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,12 @@ def spandrel_available() -> bool:
     except Exception:  # ImportError, or torchvision built for another torch
         return False
     return True
+
+
+def default_models() -> list[str]:
+    """Every known model whose dependencies import here."""
+    have_spandrel = spandrel_available()
+    return [name for name, spec in MODELS.items() if have_spandrel or not spec.needs_spandrel]
 
 
 def _swinir(embed_dim: int) -> nn.Module:
@@ -95,6 +108,8 @@ def _meta_attention_masks(model: nn.Module) -> None:
     the attention logits, which the flop counter does not count, so a meta tensor of the right
     shape gives the same count without seconds of CPU work per block.
     """
+    import torch
+
     for module in model.modules():
         if hasattr(module, "calculate_mask") and hasattr(module, "window_size"):
             ws = module.window_size
@@ -111,7 +126,7 @@ def build_model(name: str, *, meta: bool = False) -> nn.Module:
         raise SerpentError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     if MODELS[name].needs_spandrel:
         if not spandrel_available():
-            raise SerpentError(f"model {name} needs the spandrel package (pip install spandrel)")
+            raise SerpentError(f"model {name} needs the spandrel package: {BENCH_EXTRA}")
         # SwinIR's constructor calls .item(), which meta tensors refuse: build small on the CPU, then move.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.meshgrid indexing chatter from third-party code
@@ -120,6 +135,8 @@ def build_model(name: str, *, meta: bool = False) -> nn.Module:
             model = model.to("meta")
             _meta_attention_masks(model)
         return model
+    import torch
+
     from serpent_cli.models import create_model
 
     if meta:
@@ -133,4 +150,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "count_params", "spandrel_available"]
+__all__ = ["BENCH_EXTRA", "MODELS", "ModelSpec", "build_model", "count_params", "default_models", "spandrel_available"]

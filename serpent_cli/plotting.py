@@ -1,7 +1,7 @@
 """`serpent bench --plot`: FLOPs, latency and memory against resolution, one line per model.
 
-matplotlib is an optional extra (``pip install 'serpent-cli[plot]'`` or ``pip install matplotlib``);
-without it ``--plot`` fails up front with one line saying so, before any measuring starts.
+matplotlib is in the optional ``bench`` extra (``pip install 'serpent-cli[bench]'``); without it
+``--plot`` fails up front with one line saying so, before any measuring starts.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise SerpentError("--plot needs matplotlib (the optional 'plot' extra): pip install matplotlib") from None
+        from serpent_cli.peers import BENCH_EXTRA
+
+        raise SerpentError(f"--plot needs matplotlib: {BENCH_EXTRA} (or pip install matplotlib)") from None
 
 
 def _series(rows: list[dict[str, Any]], model: str, getter: Any) -> tuple[list[int], list[float]]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from serpent_cli.errors import UsageError, WeightsError
 from serpent_cli.imageio import Picture
+from serpent_cli.models import DEFAULT_ORDER, check_variant
 from serpent_cli.tiling import bytes_per_pixel_estimate, run_tiled
 
 LUMA = (0.299, 0.587, 0.114)
@@ -101,40 +102,39 @@ class Restorer:
         return pic.with_pixels(pixels), report
 
 
-DEFAULT_ORDER = ("serpent-l", "serpent-b", "serpent-h")
-"""Default variant when --model is not given: the first whose bundled weights exist.
-
-serpent-l first: in the paper it is within 0.1 dB of serpent-h at a quarter of its cost, and
-clearly better than serpent-b; on a CPU it is still practical for photos.
-"""
-
-
 def load_restoration_model(model: str | None, weights: Path | None) -> tuple[nn.Module, str, Path]:
     """The network to restore with, its variant name and the weights file it came from.
 
     ``--weights`` wins (its stored config names the variant; ``--model``, if given, must match);
-    else ``--model``'s bundled weights; else the first of :data:`DEFAULT_ORDER` that is bundled.
-    ``SERPENT_WEIGHTS_DIR`` replaces the bundled folder (tests, and users with a shared weights folder);
-    weights fetched with ``serpent download`` are found in the Hub cache.
-    A missing file or no trained weights at all is a :class:`UsageError` (exit 2) saying how to fix it.
+    else :func:`pretrained_weights`.  A missing file is a :class:`UsageError` (exit 2).
     """
-    from serpent_cli.config import VARIANTS
-    from serpent_cli.weights import bundled_weights_dir, load_model, resolve_pretrained
+    from serpent_cli.weights import load_model
 
-    if model is not None and model not in VARIANTS:
-        raise UsageError(f"unknown --model {model!r}; choose one of {', '.join(VARIANTS)}")
+    check_variant(model)
     if weights is not None:
         if not weights.is_file():
             raise UsageError(f"--weights {weights}: no such file")
         net = load_model(weights, expected_name=model)
         return net, net.config.name, weights  # type: ignore[union-attr]
+    name, path = pretrained_weights(model)
+    return load_model(path, expected_name=name), name, path
+
+
+def pretrained_weights(model: str | None) -> tuple[str, Path]:
+    """The registered weights to use for ``--model`` (None: the first of :data:`DEFAULT_ORDER` found).
+
+    Bundled weights first (``SERPENT_WEIGHTS_DIR`` replaces the bundled folder: tests, and users with a
+    shared weights folder), then the Hub cache that ``serpent download`` fills.  None found is a
+    :class:`UsageError` (exit 2) saying how to fix it.
+    """
+    from serpent_cli.weights import bundled_weights_dir, resolve_pretrained
+
     candidates = [model] if model is not None else list(DEFAULT_ORDER)
     for name in candidates:
         try:
-            path = resolve_pretrained(name)  # bundled weights/ first, then the Hub cache
+            return name, resolve_pretrained(name)  # bundled weights/ first, then the Hub cache
         except WeightsError:
             continue
-        return load_model(path, expected_name=name), name, path
     folder = bundled_weights_dir()
     wanted = candidates[0]
     missing = f"{wanted}.safetensors" if model is not None else ", ".join(f"{n}.safetensors" for n in candidates)

@@ -67,8 +67,8 @@ def test_timed_run_json(timed_run: tuple[dict, Path, Path, str]) -> None:
             assert len(cell["times_ms"]) == 2 and all(t > 0 for t in cell["times_ms"])
             assert cell["ms"] == pytest.approx(statistics.median(cell["times_ms"]), rel=1e-3)
             assert 0 < cell["peak_mib"] < 4096
-        # A training step (forward + backward + Adam) costs more time and memory than inference.
-        assert row["train"]["ms"] > row["infer"]["ms"]
+        # A training step (forward + backward + Adam state) holds more memory than inference.  Times are
+        # not compared: on a loaded machine either can come out slower (benchmarks/ holds timings).
         assert row["train"]["peak_mib"] > row["infer"]["peak_mib"]
         assert row["mp_per_s"] == pytest.approx(32 * 32 / 1e6 / (row["infer"]["ms"] / 1000))
     rows = {r["model"]: r for r in result["rows"]}
@@ -173,10 +173,13 @@ def test_without_spandrel(tmp_path: Path, explicit: bool) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert "Traceback" not in proc.stderr
+    # Either way, one line says how to enable the peers.
+    hint = [line for line in proc.stderr.splitlines() if "pip install 'serpent-cli[bench]'" in line]
+    assert len(hint) == 1, proc.stderr
     if explicit:
-        assert proc.returncode == 2 and "need the spandrel package" in proc.stderr
+        assert proc.returncode == 2 and "need the spandrel package" in hint[0]
         return
     assert proc.returncode == 0, proc.stderr
-    assert "SwinIR and NAFNet peers left out" in proc.stderr
+    assert "SwinIR and NAFNet peers left out" in hint[0]
     names = [row["model"] for row in json.loads(proc.stdout)["rows"]]
     assert names == ["serpent-b", "serpent-l", "serpent-h", "unet-32", "unet-64", "unet-128"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,33 @@ def test_unknown_option_is_usage_error(serpent_cmd: list[str]) -> None:
     out = subprocess.run([*serpent_cmd, "--frobnicate"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
+
+
+COMMANDS = ["deblur", "degrade", "train", "eval", "bench", "download", "models", "export"]
+
+
+def test_help_paragraphs_are_not_split_mid_sentence(serpent_cmd: list[str]) -> None:
+    """A docstring's hard line breaks must not reach the help: on a wide terminal each paragraph is one line."""
+    import inspect
+
+    from serpent_cli.cli import app
+
+    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
+    top = subprocess.run([*serpent_cmd, "--help"], capture_output=True, text=True, env=env, check=True).stdout
+    callbacks = {info.name: info.callback for info in app.registered_commands}
+    for name in COMMANDS:
+        paragraphs = [" ".join(p.split()) for p in inspect.cleandoc(callbacks[name].__doc__ or "").split("\n\n")]
+        assert any(name in line and paragraphs[0] in line for line in top.splitlines()), (name, paragraphs[0])
+        out = subprocess.run([*serpent_cmd, name, "--help"], capture_output=True, text=True, env=env, check=True)
+        lines = out.stdout.splitlines()
+        for paragraph in paragraphs:
+            assert any(paragraph in line for line in lines), (name, paragraph)
+
+
+def test_models_table_fits_80_columns_without_splitting_names(serpent_cmd: list[str]) -> None:
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    out = subprocess.run([*serpent_cmd, "models"], capture_output=True, text=True, env=env, check=True).stdout
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    for name in ("serpent-b", "serpent-l", "serpent-h"):
+        assert any(f"serpent-cli/{name}" in line for line in lines), out  # repo ids never cut mid-word

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import pty
 import shutil
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -82,6 +85,11 @@ def test_batch_exit_code_and_json(batch) -> None:
     assert by_name["rotated.jpg"]["size"] == [48, 80]  # width, height after the EXIF rotation
     for name in ("truncated.png", "fake.jpg", "bomb.png", "tiny.png", "missing.png", "empty"):
         assert by_name[name]["status"] == "failed" and by_name[name]["error"]
+    # One schema: every line has the same keys, null where a field does not apply (README documents it).
+    keys = {"path", "output", "size", "seconds", "status", "error", "model", "tile", "precision", "mode", "bit_depth"}
+    assert all(set(row) == keys for row in rows), [sorted(row) for row in rows]
+    assert by_name["missing.png"]["model"] is None and by_name["missing.png"]["bit_depth"] is None
+    assert by_name["rgba16.png"]["model"] == "serpent-b" and by_name["rgba16.png"]["bit_depth"] == 16
 
 
 def test_batch_each_failure_is_one_clear_line(batch) -> None:
@@ -91,7 +99,7 @@ def test_batch_each_failure_is_one_clear_line(batch) -> None:
     expected = {
         "truncated.png": "truncated",
         "fake.jpg": "not an image",
-        "bomb.png": "decompression bomb",
+        "bomb.png": "SERPENT_MAX_PIXELS=",
         "tiny.png": "too small",
         "missing.png": "no such file",
         "empty": "no images",
@@ -153,6 +161,32 @@ def test_stdin_to_stdout(batch, weights: Path, serpent_cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     with Image.open(io.BytesIO(proc.stdout)) as img:
         assert img.format == "PNG" and img.mode == "L" and img.size == (64, 48)
+
+
+def test_image_data_is_never_written_to_a_terminal(batch, weights: Path, serpent_cmd: list[str]) -> None:
+    """As gzip: stdout on a terminal gets one error line on stderr, exit 2, and not a byte of image."""
+    src = batch["src"]
+    for args in (["-"], ["-", "-o", "-"], [str(src / "gray.png"), "-o", "-"]):
+        master, slave = pty.openpty()
+        try:
+            with (src / "gray.png").open("rb") as stdin:
+                proc = subprocess.run([*serpent_cmd, "deblur", *args, "--weights", str(weights)], stdin=stdin,
+                                      stdout=slave, stderr=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"},
+                                      timeout=120)
+            os.set_blocking(master, False)
+            try:
+                written = os.read(master, 1 << 16)
+            except (BlockingIOError, OSError):
+                written = b""
+        finally:
+            os.close(master)
+            os.close(slave)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, err
+        assert err.strip().splitlines() == [
+            "error: image data not written to a terminal; redirect stdout (> out.png) or pass -o FILE"
+        ]
+        assert written == b""
 
 
 def test_usage_errors_exit_2(batch, weights: Path, serpent_cmd: list[str], tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -52,7 +53,7 @@ def test_json_is_deterministic_and_baseline_matches_scikit_image(serpent_cmd: li
     assert first.stdout == second.stdout  # identical numbers, run after run
     assert "skipped 1 file(s)" in first.stderr and "README.txt" in first.stderr
     report = json.loads(first.stdout)
-    assert [r["model"] for r in report["summary"]] == ["degraded input", "serpent-b"]
+    assert [r["model"] for r in report["summary"]] == ["degraded input", f"serpent-b ({weights})"]  # names the file
     assert report["lpips"] is None or report["lpips"].startswith("LPIPS not computed")
     rows = report["images"]
     assert len(rows) == 6 and {r["image"] for r in rows} >= {"nested/" + sorted(p.name for p in (
@@ -93,7 +94,28 @@ def test_unet_weights_evaluate_too(serpent_cmd: list[str], folder: Path, tmp_pat
     proc = _eval(serpent_cmd, str(folder), "--model", "unet-32", "--weights", str(path), "--crop", "64",
                  "--limit", "1", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["summary"][1]["model"] == "unet-32"
+    assert json.loads(proc.stdout)["summary"][1]["model"] == f"unet-32 ({path})"
+
+
+def test_default_model_is_deblurs(serpent_cmd: list[str], weights: Path, folder: Path, tmp_path: Path) -> None:
+    """No --model: eval picks what deblur picks (first of serpent-l, -b, -h with weights here), in one place."""
+    bundled = tmp_path / "weights"
+    bundled.mkdir()
+    torch.manual_seed(1)
+    save_model(create_model("serpent-h"), bundled / "serpent-h.safetensors")
+    registry = tmp_path / "registry.json"  # pin the stand-in file, as a user does for their own weights
+    digest = hashlib.sha256((bundled / "serpent-h.safetensors").read_bytes()).hexdigest()
+    registry.write_text(json.dumps({"serpent-h": {"sha256": digest}}))
+    env = {**ENV, "SERPENT_WEIGHTS_DIR": str(bundled), "SERPENT_REGISTRY": str(registry)}
+    evaluated = subprocess.run([*serpent_cmd, "eval", str(folder), "--crop", "32", "--limit", "1", "--json"],
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["summary"][1]["model"] == "serpent-h"
+    image = next(p for p in folder.iterdir() if p.suffix == ".png")
+    deblurred = subprocess.run([*serpent_cmd, "deblur", str(image), "-o", str(tmp_path / "out.png"), "--json"],
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert deblurred.returncode == 0, deblurred.stderr
+    assert json.loads(deblurred.stdout)["model"] == "serpent-h"
 
 
 def test_bad_inputs_are_one_clear_line(serpent_cmd: list[str], weights: Path, folder: Path, tmp_path: Path) -> None:

@@ -197,3 +197,17 @@ def test_atomic_writes_get_the_users_usual_file_mode(tmp_path) -> None:
     assert target.read_bytes() == b"abc"
     assert target.stat().st_mode & 0o777 == user_file_mode()
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary file left behind
+
+
+def test_one_pixel_limit_ours_with_the_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 MP is over Pillow's own bomb limit (~179 MP): SERPENT_MAX_PIXELS alone decides, both ways."""
+    path = tmp_path / "huge.png"
+    Image.new("L", (20000, 10000), 128).save(path, compress_level=1)  # flat: a few hundred KB on disk
+    assert path.stat().st_size < 2_000_000
+    monkeypatch.delenv("SERPENT_MAX_PIXELS", raising=False)
+    with pytest.raises(ImageReadError, match=r"200 megapixels, over the 144 MP safety limit .*SERPENT_MAX_PIXELS="):
+        read_picture(path)
+    monkeypatch.setenv("SERPENT_MAX_PIXELS", "1000000000")
+    pic = read_picture(path)
+    assert (pic.width, pic.height, pic.mode) == (20000, 10000, "L")
+    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's own setting is left as it was for other code

@@ -6,6 +6,7 @@ import csv
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,6 +143,13 @@ def test_sigterm_saves_the_current_step_and_exits_130(serpent_cmd: list[str], sm
     assert state_files(run)[0][0] == step and load_state(state_files(run)[0][1])["step"] == step
 
 
+def _free_port() -> int:
+    """A TCP port nobody listens on now (a fixed one collides with parallel test runs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_two_process_torchrun_gloo_matches_one_process(serpent_cmd: list[str], small_train: Path,
                                                        tmp_path: Path) -> None:
     """2 ranks x batch 1 see the samples 1 process x batch 2 sees; DDP averages grads -> same weights."""
@@ -149,7 +157,7 @@ def test_two_process_torchrun_gloo_matches_one_process(serpent_cmd: list[str], s
     common = ["train", str(small_train), "--model", "unet-32", "--crop", "32", "--steps", "3", "--save-every", "3",
               "--lr", "1e-3", "--device", "cpu"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", "29547", "-m", "serpent_cli", *common, "--batch-size", "1",
+                           "--master-port", str(_free_port()), "-m", "serpent_cli", *common, "--batch-size", "1",
                            "--out", str(ddp)], capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batch 1x2" in proc.stderr

@@ -6,7 +6,9 @@ modules (imageio, tiling, training, evaluation, benchmark, hub, ...).
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -44,14 +46,27 @@ def _root(
     verbosity.verbose = verbose
 
 
-app.command("deblur")(deblur.deblur_command)
-app.command("degrade")(degrade.degrade_command)
-app.command("train")(train.train_command)
-app.command("eval")(evaluate.evaluate_command)
-app.command("bench")(bench.bench_command)
-app.command("download")(download.download_command)
-app.command("models")(models.models_command)
-app.command("export")(export.export_command)
+def _help_text(command: Callable[..., None]) -> str:
+    """A command's docstring with each paragraph on one line.
+
+    Rich keeps a docstring's hard line breaks, which split sentences mid-line at any terminal
+    width; joined, each paragraph wraps to the terminal.
+    """
+    doc = inspect.cleandoc(command.__doc__ or "")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in doc.split("\n\n"))
+
+
+for _name, _command in (
+    ("deblur", deblur.deblur_command),
+    ("degrade", degrade.degrade_command),
+    ("train", train.train_command),
+    ("eval", evaluate.evaluate_command),
+    ("bench", bench.bench_command),
+    ("download", download.download_command),
+    ("models", models.models_command),
+    ("export", export.export_command),
+):
+    app.command(_name, help=_help_text(_command))(_command)
 
 
 def main() -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from serpent_cli.batch import Job, Result, Work, exit_code, print_json, run_jobs, summary
 from serpent_cli.cli.common import debug, error_line, info, stderr_is_terminal, verbosity, warn
 from serpent_cli.distributed import DistContext, gather_objects, shard
 
 
-def run_batch(jobs: list[Job], work: Work, *, ctx: DistContext, json_out: bool, verb: str) -> int:
+def run_batch(
+    jobs: list[Job], work: Work, *, ctx: DistContext, json_out: bool, verb: str, json_fields: Sequence[str] = ()
+) -> int:
     """Run the jobs (this rank's share under torchrun), report each, and return the exit code.
 
     Alone, results stream as they finish.  Under torchrun each rank takes every N-th runnable input;
     rank 0 also reports inputs that failed before any work, gathers every rank's results, and prints
-    them in input order and returns the exit code (the other ranks return 0).
+    them in input order and returns the exit code (the other ranks return 0).  ``json_fields`` are the
+    command's own ``--json`` keys, present (maybe null) on every line.
     """
     stream = not ctx.is_distributed
 
@@ -22,7 +27,7 @@ def run_batch(jobs: list[Job], work: Work, *, ctx: DistContext, json_out: bool, 
         else:
             debug(f"{res.path} -> {res.output} ({res.status}, {res.seconds:.2f} s)")
         if json_out and stream:
-            print_json(res)
+            print_json(res, json_fields)
 
     if ctx.is_distributed:
         runnable = [j for j in jobs if j.error is None]
@@ -40,7 +45,7 @@ def run_batch(jobs: list[Job], work: Work, *, ctx: DistContext, json_out: bool, 
     if ctx.is_main:
         if json_out and not stream:
             for res in everything:
-                print_json(res)
+                print_json(res, json_fields)
         if not everything:
             warn("nothing to do")
         else:

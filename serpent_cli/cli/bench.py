@@ -12,7 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from serpent_cli.cli.common import info, out_console, warn
+from serpent_cli.cli.common import (
+    DeviceOption,
+    ThreadsOption,
+    check_compute_options,
+    info,
+    out_console,
+    use_threads,
+    warn,
+)
 from serpent_cli.errors import UsageError
 
 DEFAULT_RESOLUTIONS = [256, 512]
@@ -73,7 +81,7 @@ def bench_command(
         list[str] | None,
         typer.Option("--models", "-m", help="Models to compare (default: all that import here)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[
         str, typer.Option(help="Inference precision: fp32, bf16 or fp16 (training steps are always fp32).")
     ] = "fp32",
@@ -109,36 +117,42 @@ def bench_command(
         int | None,
         typer.Option(help="CPU: MiB one measurement may allocate before it counts as OOM (default: 85% of free RAM)."),
     ] = None,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Serpent against its peers: params, GFLOPs, latency, peak memory, throughput, ratios."""
     if load is not None:
         _show_saved(load, plot, as_json)
         return
-    from serpent_cli import benchmark as bm
-    from serpent_cli.device import resolve_device
-    from serpent_cli.peers import MODELS, spandrel_available
+    from serpent_cli.peers import BENCH_EXTRA, MODELS, default_models, spandrel_available
 
     res_tokens, model_tokens = _split(resolution), _split(models)
     _sort_extra(list(extra or []), res_tokens, model_tokens)
     resolutions = _ints(res_tokens, "--resolution") or ([1024] if tiles else list(DEFAULT_RESOLUTIONS))
-    if model_tokens:
-        missing = [m for m in model_tokens if m in MODELS and MODELS[m].needs_spandrel]
-        if missing and not spandrel_available():
-            raise UsageError(f"{', '.join(missing)} need the spandrel package: pip install spandrel")
-        chosen = model_tokens
-    else:
-        chosen = bm.default_models()
-        if len(chosen) < len(MODELS):
-            warn("spandrel is not installed: SwinIR and NAFNet peers left out (pip install spandrel)")
+    tile_list = _ints(_split(tile_sizes), "--tile-sizes") if tiles else None  # [] = default sizes
     if tile_sizes and not tiles:
         raise UsageError("--tile-sizes only applies with --tiles")
     for option, path in (("--output", output), ("--plot", plot)):
         if path is not None:
             _check_writable(path, option)
+    device = check_compute_options(device, threads)
     if plot is not None:
         from serpent_cli.plotting import require_matplotlib
 
         require_matplotlib()
+    if model_tokens:
+        missing = [m for m in model_tokens if m in MODELS and MODELS[m].needs_spandrel]
+        if missing and not spandrel_available():
+            raise UsageError(f"{', '.join(missing)} need the spandrel package: {BENCH_EXTRA}")
+        chosen = model_tokens
+    else:
+        chosen = default_models()
+        if len(chosen) < len(MODELS):
+            warn(f"SwinIR and NAFNet peers left out (spandrel is not installed); to compare them: {BENCH_EXTRA}")
+
+    from serpent_cli import benchmark as bm
+    from serpent_cli.device import resolve_device
+
+    use_threads(threads)
     options = bm.validate_options(
         bm.BenchOptions(
             models=chosen,
@@ -151,7 +165,7 @@ def bench_command(
             warmup=warmup,
             repeats=repeats,
             timeout=timeout,
-            tiles=_ints(_split(tile_sizes), "--tile-sizes") if tiles else None,  # [] = default sizes
+            tiles=tile_list,
             overlap=tile_overlap,
             memory_limit_mib=memory_limit,
             budget_s=budget,

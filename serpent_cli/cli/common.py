@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 
 def _make_console(stream: object) -> Console:
@@ -28,26 +29,30 @@ err_console = _make_console(sys.stderr)  # progress, logs, errors
 out_console = _make_console(sys.stdout)  # data (tables, JSON)
 
 
+# Messages are plain text, never Rich markup: "[bench]" in an install hint or a file named
+# "photo[1].png" must print as written.
+
+
 def info(message: str) -> None:
     """A progress/log line on stderr, unless -q."""
     if not verbosity.quiet:
-        err_console.print(message)
+        err_console.print(escape(message))
 
 
 def debug(message: str) -> None:
     """A detail on stderr, only with -v."""
     if verbosity.verbose and not verbosity.quiet:
-        err_console.print(f"[dim]{message}[/dim]")
+        err_console.print(f"[dim]{escape(message)}[/dim]")
 
 
 def warn(message: str) -> None:
     """A warning on stderr (shown even with -q: warnings matter)."""
-    err_console.print(f"[yellow]warning:[/yellow] {message}")
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def error_line(message: str) -> None:
     """The one line a user sees for an error."""
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {escape(message)}")
 
 
 def stderr_is_terminal() -> bool:
@@ -64,3 +69,30 @@ SkipExistingOption = Annotated[bool, typer.Option("--skip-existing", help="Leave
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 QualityOption = Annotated[int, typer.Option(help="JPEG quality of JPEG outputs (1-100).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON result per input on stdout.")]
+# Options shared by the commands that compute (deblur, eval, train, bench).
+ThreadsOption = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        help="CPU threads (0: OMP_NUM_THREADS if set, else the cores shared among running serpent processes).",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+def check_compute_options(device: str, threads: int) -> str:
+    """--device spelling and --threads sign, checked before torch loads; returns the normalised device."""
+    from serpent_cli.device import check_device_spec
+    from serpent_cli.threads import check_threads
+
+    check_threads(threads)
+    return check_device_spec(device)
+
+
+def use_threads(threads: int) -> int:
+    """Apply --threads before any model work and say (with -v) what torch got."""
+    from serpent_cli.threads import apply_threads
+
+    count = apply_threads(threads)
+    debug(f"threads: {count}")
+    return count

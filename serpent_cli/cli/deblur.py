@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,16 +21,25 @@ from serpent_cli.batch import (
 )
 from serpent_cli.cli._batch import run_batch
 from serpent_cli.cli.common import (
+    DeviceOption,
     JsonOption,
     OutputOption,
     OverwriteOption,
     QualityOption,
     RecursiveOption,
     SkipExistingOption,
+    ThreadsOption,
+    check_compute_options,
+    use_threads,
     warn,
 )
 from serpent_cli.errors import UsageError
-from serpent_cli.imageio import Picture
+
+if TYPE_CHECKING:
+    from serpent_cli.imageio import Picture
+
+# The keys of every --json line beyond path/output/size/seconds/status/error (null when not applicable).
+JSON_FIELDS = ("model", "tile", "precision", "mode", "bit_depth")
 
 
 def parse_tile(text: str) -> int | None:
@@ -55,7 +64,8 @@ def deblur_command(
     ],
     output: OutputOption = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="serpent-b, serpent-l or serpent-h (default: first bundled).")
+        str | None,
+        typer.Option("--model", "-m", help="serpent-b, serpent-l or serpent-h (default: first bundled of l, b, h)."),
     ] = None,
     weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A serpent .safetensors file.")] = None,
     recursive: RecursiveOption = False,
@@ -69,43 +79,59 @@ def deblur_command(
     overwrite: OverwriteOption = False,
     tile: Annotated[str, typer.Option(help="auto, 0 (whole image) or tile size in pixels.")] = "auto",
     tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     quality: QualityOption = 95,
     json_out: JsonOption = False,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Restore blurred, noisy images. Exit code 0: all done; 1: some inputs failed; 2: usage error."""
-    from serpent_cli.device import resolve_device, resolve_precision
+    from serpent_cli.device import check_precision_spec
     from serpent_cli.distributed import context_from_env, init_distributed, shutdown
-    from serpent_cli.restore import Restorer, load_restoration_model
+    from serpent_cli.models import check_variant
 
     tile_size = parse_tile(tile)
     if tile_overlap < 0:
         raise UsageError("--tile-overlap must be >= 0")
     policy = OutputPolicy(overwrite=overwrite, skip_existing=skip_existing, quality=quality)
     check_batch_options(inputs, output, policy, json_out=json_out)
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
+    device, precision = check_compute_options(device, threads), check_precision_spec(precision)
+    check_variant(model)
 
     main_rank = context_from_env().is_main  # planning runs on every rank; only rank 0 warns
     jobs = expand_inputs(inputs, recursive, warn if main_rank else lambda _: None, exclude=output)
     naming = Naming(output=output, template=name, suffix=suffix, default_suffix="_deblurred",
                     fields={"model": model or "serpent"})
     jobs = drop_earlier_outputs(jobs, naming)
-    ctx = init_distributed(dev.type)
+    runnable = any(j.error is None for j in jobs)  # the same on every rank
+    # torch, the device and the model only when there is something to restore.
+    dev = dtype = None
+    if runnable:
+        from serpent_cli.device import resolve_device, resolve_precision
+
+        use_threads(threads)
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision, dev)
+    ctx = init_distributed(dev.type if dev is not None else "cpu")
     try:
         if ctx.is_distributed and STDIO in inputs:
             raise UsageError("- (stdin) cannot be used under torchrun")
-        if ctx.is_distributed and dev.type == "cuda":
+        if ctx.is_distributed and dev is not None and dev.type == "cuda":
             import torch
 
             dev = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
         net = variant = None
-        if any(j.error is None for j in jobs):
+        if runnable:
+            from serpent_cli.restore import load_restoration_model
+
             net, variant, _ = load_restoration_model(model, weights)
             naming.fields["model"] = variant
         assign_outputs(jobs, naming)
-        restorer = Restorer(net, dev, dtype, tile=tile_size, overlap=tile_overlap) if net is not None else None
+        restorer = None
+        if net is not None:
+            from serpent_cli.restore import Restorer
+
+            restorer = Restorer(net, dev, dtype, tile=tile_size, overlap=tile_overlap)
 
         def work(job: Job) -> Result:
             assert restorer is not None
@@ -120,7 +146,8 @@ def deblur_command(
 
             return process_image(job, transform, policy, warn)
 
-        code = run_batch(jobs, work, ctx=ctx, json_out=json_out, verb="deblurred")
+        fields = (*JSON_FIELDS, "rank") if ctx.is_distributed else JSON_FIELDS
+        code = run_batch(jobs, work, ctx=ctx, json_out=json_out, verb="deblurred", json_fields=fields)
     finally:
         shutdown()
     raise SystemExit(code)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,7 +28,9 @@ from serpent_cli.cli.common import (
     warn,
 )
 from serpent_cli.errors import UsageError
-from serpent_cli.imageio import Picture
+
+if TYPE_CHECKING:
+    from serpent_cli.imageio import Picture
 
 
 def degrade_command(

@@ -3,70 +3,28 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from tqdm.std import tqdm as _std_tqdm
 
-from serpent_cli.cli.common import err_console, error_line, info, stderr_is_terminal, verbosity, warn
+from serpent_cli.cli.common import error_line, info, verbosity, warn
 from serpent_cli.errors import EXIT_SOME_FAILED, SerpentError, UsageError
-from serpent_cli.hub import DownloadResult, download, download_registered, endpoint
 from serpent_cli.registry import HUB_FILENAME, get_entry, load_registry
-from serpent_cli.weights import read_config
 
-
-class RichDownloadBar(_std_tqdm):
-    """A tqdm-compatible bar (what huggingface_hub drives) drawn with Rich on stderr, only on a terminal."""
-
-    label = ""
-
-    @classmethod
-    def for_label(cls, label: str) -> type[RichDownloadBar]:
-        """A bar class that shows ``label`` instead of the URL huggingface_hub passes as description."""
-        return type("RichDownloadBar", (cls,), {"label": label})
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-        kwargs.pop("name", None)
-        show = not kwargs.get("disable") and stderr_is_terminal() and not verbosity.quiet
-        kwargs["disable"] = True  # tqdm itself draws nothing
-        super().__init__(*args, **kwargs)
-        self._rich: Progress | None = None
-        if show:
-            self._rich = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=err_console,
-                transient=True,
-            )
-            self._rich.start()
-            self._task = self._rich.add_task(
-                self.label or str(kwargs.get("desc") or "download"),
-                total=kwargs.get("total"),
-                completed=kwargs.get("initial", 0),
-            )
-
-    def update(self, n: float | None = 1) -> bool | None:
-        if self._rich is not None and n:
-            self._rich.update(self._task, advance=n)
-        return None
-
-    def close(self) -> None:
-        if getattr(self, "_rich", None) is not None:
-            self._rich.stop()
-            self._rich = None
-        super().close()
+if TYPE_CHECKING:
+    from serpent_cli.hub import DownloadResult
 
 
 def _check_weights(result: DownloadResult) -> str:
     """A downloaded file must be a serpent weights file; returns the variant it describes."""
+    from serpent_cli.weights import read_config
+
     return read_config(result.path).name
 
 
 def _report(label: str, result: DownloadResult) -> None:
+    from serpent_cli.hub import endpoint
+
     what = f"{result.repo_id}/{result.filename}@{result.revision}"
     how = f"found {what} in the cache" if result.from_cache else f"downloaded {what} from {endpoint()}"
     check = "sha256 verified" if result.verified else f"sha256 {result.sha256}"
@@ -85,12 +43,10 @@ def download_command(
     force: Annotated[bool, typer.Option(help="Download again even when cached.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON result per file on stdout.")] = False,
 ) -> None:
-    """Download weights from the Hugging Face Hub into its cache (HF_HOME / HF_HUB_CACHE; HF_ENDPOINT and
-    HF_HUB_OFFLINE honoured) and verify their sha256 against the registry. Prints each file's path."""
-    from huggingface_hub.utils import logging as hf_logging
+    """Download weights from the Hugging Face Hub into its cache, sha256-checked against the registry.
 
-    if not verbosity.verbose:
-        hf_logging.set_verbosity_error()  # our own messages say what happened; no retry chatter
+    HF_HOME, HF_HUB_CACHE, HF_ENDPOINT and HF_HUB_OFFLINE are honoured. Prints each file's path.
+    """
     names = list(names or [])
     if repo_id is not None and (names or all_models):
         raise UsageError("--repo-id downloads one file of your own repo; leave out model names and --all")
@@ -118,6 +74,13 @@ def download_command(
             entries = [get_entry(name) for name in names]  # unknown names: usage error before any transfer
         jobs = [(entry.name, entry) for entry in entries]
 
+    from huggingface_hub.utils import logging as hf_logging
+
+    from serpent_cli.cli.progress import RichDownloadBar
+    from serpent_cli.hub import download, download_registered
+
+    if not verbosity.verbose:
+        hf_logging.set_verbosity_error()  # our own messages say what happened; no retry chatter
     failed = 0
     for label, entry in jobs:
         try:

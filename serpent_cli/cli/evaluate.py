@@ -9,12 +9,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from serpent_cli.cli.common import err_console, info, out_console, stderr_is_terminal, verbosity, warn
-from serpent_cli.degradation import BENCHMARK
-from serpent_cli.device import resolve_device
-from serpent_cli.errors import UsageError
-from serpent_cli.evaluation import EVAL_SEED, evaluate, load_eval_set, model_restorer
-from serpent_cli.models import create_model, list_models
+from serpent_cli.cli.common import (
+    DeviceOption,
+    ThreadsOption,
+    check_compute_options,
+    err_console,
+    info,
+    out_console,
+    stderr_is_terminal,
+    use_threads,
+    verbosity,
+    warn,
+)
+from serpent_cli.degradation import BENCHMARK, EVAL_SEED
+from serpent_cli.errors import UsageError, require_folder
+from serpent_cli.models import list_models
 
 
 def _parse_tile(tile: str) -> int | None:
@@ -37,7 +46,10 @@ def _round(row: dict[str, object]) -> dict[str, object]:
 
 def evaluate_command(
     folder: Annotated[Path, typer.Argument(help="Folder of clean images (read recursively).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model name (see 'serpent models').")] = "serpent-b",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model name (default: as deblur; with --weights, the file's model)."),
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Weights file (default: the model's registered weights).")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout, with per-image rows.")] = False,
@@ -47,37 +59,45 @@ def evaluate_command(
     = "0",
     tile_overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = 32,
     seed: Annotated[int, typer.Option(help="Global seed of the degradation noise (benchmark: 0).")] = EVAL_SEED,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="Compute LPIPS when it can run offline.")]
     = True,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Score a model against the clean images, with the degraded input as a baseline row."""
-    if model not in list_models():
+    if model is not None and model not in list_models():
         raise UsageError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
     if crop < 0 or 0 < crop < 11:
         raise UsageError(f"--crop must be 0 (whole image) or at least 11 pixels, got {crop}")
     tile_size = _parse_tile(tile)
+    require_folder(folder)
+    device = check_compute_options(device, threads)
+
+    from serpent_cli.device import resolve_device
+    from serpent_cli.evaluation import evaluate, load_eval_model, load_eval_set, model_restorer
+
+    use_threads(threads)
     dev = resolve_device(device)
-    net = create_model(model, weights=weights) if weights is not None else create_model(model, pretrained=True)
+    net, label = load_eval_model(model, weights)
     net = net.to(dev).eval()
     items, skipped = load_eval_set(folder, seed=seed, crop=crop or None, limit=limit)
     if skipped:
         warn(f"skipped {len(skipped)} file(s) (not images, unreadable, or under 11x11 px): "
              + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-    info(f"evaluating {model} on {len(items)} image(s) from {folder} on {dev}")
+    info(f"evaluating {label} on {len(items)} image(s) from {folder} on {dev}")
     show = stderr_is_terminal() and not verbosity.quiet
 
     def progress(done: int, total: int) -> None:
         if show:
             err_console.print(f"  {done}/{total}", end="\r")
 
-    report = evaluate(items, {model: model_restorer(net, dev, tile=tile_size, overlap=tile_overlap)},
+    report = evaluate(items, {label: model_restorer(net, dev, tile=tile_size, overlap=tile_overlap)},
                       folder=str(folder), seed=seed, use_lpips=lpips, progress=progress)
     if as_json:
         payload = {
-            "folder": str(folder), "seed": seed, "model": model,
+            "folder": str(folder), "seed": seed, "model": label,
             "weights": str(weights) if weights else "registered",
             "degradation": {"blur_kernel": BENCHMARK.kernel_size, "blur_sigma": BENCHMARK.blur_sigma,
                             "noise_sigma": BENCHMARK.noise_sigma},

@@ -25,8 +25,11 @@ def export_command(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in the folder.")] = False,
 ) -> None:
-    """Write a Hub-ready folder for WEIGHTS: model.safetensors (copied byte for byte), config.json and a
-    README.md model card (license, library_name, pipeline_tag image-to-image, tags, eval metrics)."""
+    """Write a Hub-ready folder for WEIGHTS, to upload as a model repo.
+
+    The folder holds model.safetensors (copied byte for byte), config.json and a README.md model card
+    (license, library_name, pipeline_tag image-to-image, tags, eval metrics).
+    """
     loaded = load_metrics_file(metrics) if metrics is not None else None
     result = export_folder(
         weights,

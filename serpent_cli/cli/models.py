@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from serpent_cli.cli.common import info, out_console
 from serpent_cli.registry import model_status
@@ -17,27 +18,32 @@ _STATUS_STYLE = {"bundled": "green", "cached": "green", "remote": "cyan", "unava
 def models_command(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (for scripts).")] = False,
 ) -> None:
-    """List the registered models: Hub repo and pinned revision, sha256, and whether the weights are
-    bundled in weights/, in the Hub cache, only remote, or not available yet."""
+    """List the registered models and where their weights are.
+
+    For each: Hub repo and pinned revision, sha256, and whether the weights are bundled in weights/,
+    in the Hub cache, only remote, or not available yet.
+    """
     rows = model_status()
     if json_out:
         typer.echo(json.dumps({"models": rows}, indent=2))
         return
     table = Table(title="Registered models")
-    for column in ("name", "status", "hub repo @ revision", "sha256 pin", "eval"):
-        table.add_column(column, overflow="fold")
+    # Names, repo ids and hashes never wrap (a repo id cut in two cannot be copied); the revision
+    # goes on its own line, and the free-text columns wrap between words on narrow terminals.
+    table.add_column("name", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    table.add_column("hub repo @ revision", no_wrap=True)
+    table.add_column("sha256 pin", no_wrap=True)
+    table.add_column("eval", overflow="fold")
     for row in rows:
-        metrics = _metrics_cell(row["metrics"])
-        status = row["status"]
-        if row["pin_ok"] is False:
-            status += " (sha256 MISMATCH)"
-        where = f"{row['repo_id']} @ {row['revision'][:12]}" + ("" if row["published"] else " (not published)")
+        status = row["status"] + (" (sha256 MISMATCH)" if row["pin_ok"] is False else "")
+        where = f"{row['repo_id']}\n@ {row['revision'][:12]}" + ("" if row["published"] else "\n(not published)")
         table.add_row(
             row["name"],
-            f"[{_STATUS_STYLE.get(row['status'], 'white')}]{status}[/]",
+            Text(status, style=_STATUS_STYLE.get(row["status"], "white")),
             where,
             (row["sha256"][:12] + "...") if row["sha256"] else "not pinned",
-            metrics,
+            _metrics_cell(row["metrics"]),
         )
     out_console.print(table)
     if not any(row["published"] for row in rows):

@@ -3,60 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from serpent_cli.cli.common import err_console, info, stderr_is_terminal, verbosity, warn
-from serpent_cli.training import Reporter, TrainOptions, train
-
-
-class RichReporter(Reporter):
-    """A Rich progress bar (loss, PSNR, it/s, ETA) on a terminal; plain log lines otherwise."""
-
-    def __init__(self, log_every: int) -> None:
-        self.log_every = log_every
-        self.progress: Progress | None = None
-        self.task: Any = None
-        self.total = 0
-        self.last: dict[str, float] = {}
-
-    def start(self, total: int, start_step: int, note: str) -> None:
-        info(note)
-        self.total = total
-        if stderr_is_terminal() and not verbosity.quiet:
-            self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=err_console, transient=False,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=total, completed=start_step, stats="")
-
-    def step(self, step: int, stats: dict[str, float]) -> None:
-        self.last |= stats
-        text = f"loss {self.last.get('loss', float('nan')):.4f}"
-        if "train_psnr" in self.last:
-            text += f"  PSNR {self.last['train_psnr']:.2f}"
-        if "val_psnr" in self.last:
-            text += f"  val {self.last['val_psnr']:.2f} dB"
-        text += f"  {self.last.get('it_s', 0.0):.2f} it/s"
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, stats=text)
-        elif step % self.log_every == 0 or step == self.total:
-            info(f"step {step}/{self.total}  {text}")
-
-    def message(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text)
-        else:
-            info(text)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+from serpent_cli.cli.common import DeviceOption, ThreadsOption, check_compute_options, info, use_threads, warn
 
 
 def train_command(
@@ -85,7 +36,7 @@ def train_command(
     log_every: Annotated[int, typer.Option(help="Write a log.csv row every N steps.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, crops, flips and noise.")] = 0,
     workers: Annotated[int, typer.Option(help="Data-loading worker processes (0 = in the main process).")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, else fp32), fp32 or bf16.")]
     = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest state.")]
@@ -101,8 +52,21 @@ def train_command(
     rotate: Annotated[bool, typer.Option(help="Random 90-degree rotations besides the flips.")] = True,
     cache_mb: Annotated[float, typer.Option(help="Memory for decoded training images, MiB (least recently used out).")]
     = 2048.0,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Train a model on a folder of clean photos (on-the-fly blur + noise); torchrun for several GPUs."""
+    from serpent_cli.errors import require_folder
+
+    # What can be checked without torch first: a typo'd path or option answers at once.
+    for folder in (*data, val):
+        if folder is not None:
+            require_folder(folder)
+    check_compute_options(device, threads)
+
+    from serpent_cli.cli.progress import RichReporter
+    from serpent_cli.training import TrainOptions, train
+
+    use_threads(threads)
     opts = TrainOptions(
         data=[str(d) for d in data], out=str(out), model=model, val=str(val) if val else None, epochs=epochs,
         steps=steps,

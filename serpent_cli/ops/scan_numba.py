@@ -15,6 +15,7 @@ run on a machine pays for compilation.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -28,20 +29,34 @@ MAX_BLOCK = 64  # channels per work item: the state h[N, block] stays in L1
 MIN_BLOCK = 16
 
 
-def configure_cache() -> None:
-    """Point numba's on-disk cache at a per-user folder unless the user chose one.
+def configure_numba() -> None:
+    """Settings numba reads once, at import; each is left alone where the user set it.
 
-    The package folder (numba's default) is often read-only (system or shared installs);
-    a per-user cache means only the first run on a machine compiles.
+    * A per-user cache folder: the package folder (numba's default) is often read-only
+      (system or shared installs); a per-user cache means only the first run compiles.
+    * Full-width AVX-512 vectors where the CPU has them: LLVM's tuning for recent Intel
+      cores prefers 256-bit vectors, which leaves half of each register idle in the scan
+      (measured: 2.0 -> 2.5 G state updates/s per core on an Emerald Rapids Xeon).
     """
-    if os.environ.get("NUMBA_CACHE_DIR"):
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        os.environ["NUMBA_CACHE_DIR"] = str(Path(base) / "serpent" / "numba")
+    if "numba" in sys.modules or os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("NUMBA_CPU_NAME"):
         return
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    os.environ["NUMBA_CACHE_DIR"] = str(Path(base) / "serpent" / "numba")
+    try:
+        import llvmlite.binding as llvm
+
+        features = llvm.get_host_cpu_features().flatten()
+        name = llvm.get_host_cpu_name()
+    except Exception:  # unknown host: numba's own detection
+        return
+    if "+avx512f" in features.split(","):
+        os.environ["NUMBA_CPU_NAME"] = name
+        os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
 
 
-configure_cache()
-from serpent_cli.ops import numba_kernels as kernels  # noqa: E402  (the cache folder must be set first)
+configure_numba()
+from serpent_cli.ops import numba_kernels as kernels  # noqa: E402  (numba must be configured first)
 
 
 def _start_numba_threads() -> None:

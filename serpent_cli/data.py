@@ -10,21 +10,26 @@ Decisions (the issue is silent on these):
   permutation per epoch), where the crop is, the flips, and the noise all come from a generator
   seeded with :func:`serpent_cli.degradation.stable_seed`.  So a resumed or multi-process run
   sees exactly the samples an uninterrupted single run would, without saving data-loader state.
-* The blur is applied to the crop plus a margin of half the kernel on each side, then the margin
-  is cut away: the crop is blurred as part of the whole photo, with no artificial border.
+* The blur is applied to the crop plus the degradation's ``margin`` (half the kernel) on each side,
+  then the margin is cut away: the crop is blurred as part of the whole photo, with no artificial
+  border.  The degradation is the benchmark or the blind family
+  (:class:`serpent_cli.degradation.RegionDegradation`); the benchmark's samples are bit-identical to
+  what they were before the family existed (a test pins them).
+* Several folders can be trained on together (:func:`scan_image_folders`): their images are simply
+  concatenated, each folder's sorted, in the order given.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from serpent_cli.degradation import BENCHMARK, Degradation, stable_seed
+from serpent_cli.degradation import BENCHMARK, RegionDegradation, stable_seed
 from serpent_cli.errors import SerpentError, UsageError
 from serpent_cli.imageio import IMAGE_EXTENSIONS, ImageReadError, read_rgb
 
@@ -37,6 +42,12 @@ class ImageFolderScan:
     images: list[Path]
     sizes: list[tuple[int, int]]  # (width, height) per image
     skipped: list[Path]
+    roots: list[Path] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The folder name(s), joined with '+', for logs and weights metadata."""
+        return "+".join(r.name for r in (self.roots or [self.root]))
 
 
 def scan_image_folder(root: Path) -> ImageFolderScan:
@@ -63,7 +74,25 @@ def scan_image_folder(root: Path) -> ImageFolderScan:
             skipped.append(path)
     if not images:
         raise UsageError(f"no readable images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return ImageFolderScan(root, images, sizes, skipped)
+    return ImageFolderScan(root, images, sizes, skipped, [root])
+
+
+def scan_image_folders(roots: str | Path | list[str] | list[Path]) -> ImageFolderScan:
+    """Several training folders as one scan: each folder's images in order; a file listed twice counts once."""
+    paths = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
+    if not paths:
+        raise UsageError("no data folder given")
+    scans = [scan_image_folder(p) for p in paths]
+    seen: set[Path] = set()
+    images: list[Path] = []
+    sizes: list[tuple[int, int]] = []
+    for scan in scans:
+        for path, size in zip(scan.images, scan.sizes):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                images.append(path)
+                sizes.append(size)
+    return ImageFolderScan(paths[0], images, sizes, [p for s in scans for p in s.skipped], paths)
 
 
 def _reflect_pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -86,14 +115,14 @@ class RandomCropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: list[Path], crop: int, *, seed: int = 0,
-                 degradation: Degradation = BENCHMARK, cache: bool = True) -> None:
+                 degradation: RegionDegradation = BENCHMARK, cache: bool = True) -> None:
         if crop < 8:
             raise UsageError(f"--crop must be at least 8 pixels, got {crop}")
         self.images = list(images)
         self.crop = crop
         self.seed = seed
         self.degradation = degradation
-        self.margin = degradation.kernel_size // 2 if degradation.blur_sigma > 0 else 0
+        self.margin = degradation.margin
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
         self._perm: dict[int, list[int]] = {}
         self._bad: set[int] = set()
@@ -145,10 +174,8 @@ class RandomCropDataset(torch.utils.data.Dataset):
         # Blur the crop with its real surroundings (as far as the photo reaches), then cut the margin.
         t0, l0 = max(0, top - m), max(0, left - m)
         region = img[:, t0 : min(h, top + crop + m), l0 : min(w, left + crop + m)]
-        blurred = self.degradation.blur(region)[:, top - t0 : top - t0 + crop, left - l0 : left - l0 + crop]
+        degraded = self.degradation.degrade_region(region, top - t0, left - l0, crop, g)
         clean = img[:, top : top + crop, left : left + crop]
-        noise = torch.randn(blurred.shape, generator=g) * self.degradation.noise_sigma
-        degraded = blurred + noise
         if flips[0] < 0.5:
             clean, degraded = clean.flip(-1), degraded.flip(-1)
         if flips[1] < 0.5:

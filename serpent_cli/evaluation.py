@@ -1,8 +1,9 @@
-"""Evaluate a model on a folder under the fixed, seeded benchmark degradation (DESIGN.md section 4).
+"""Evaluate a model on a folder under a fixed, seeded degradation (DESIGN.md section 4).
 
-Every clean image is degraded with :data:`serpent_cli.degradation.BENCHMARK`; its noise comes from a
-generator seeded by the image's relative path and a global seed, so the inputs (and hence the numbers)
-are the same on every run and machine.  Decisions where the issue is silent:
+Every clean image is degraded with :data:`serpent_cli.degradation.BENCHMARK` (default) or the blind
+family (:mod:`serpent_cli.degradation_family`); its randomness comes from a generator seeded by the
+image's relative path and a global seed, so the inputs (and hence the numbers) are the same on every
+run and machine.  Decisions where the issue is silent:
 
 * The network gets the unclipped degraded image (as in training); the "degraded input" baseline row
   scores the degraded image clipped to [0, 1] (what a saved file would hold).  Restorations are
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 
 from serpent_cli.data import center_crop, relative_key, scan_image_folder
-from serpent_cli.degradation import BENCHMARK, Degradation, seeded_generator
+from serpent_cli.degradation import BENCHMARK, RegionDegradation
+from serpent_cli.degradation_family import degrade_keyed
 from serpent_cli.errors import UsageError
 from serpent_cli.imageio import ImageReadError, read_rgb
 from serpent_cli.metrics import LPIPS, SSIM_WINDOW, lpips_unavailable_reason, psnr, ssim
@@ -34,11 +36,12 @@ BASELINE_NAME = "degraded input"
 
 @dataclass
 class EvalImage:
-    """One clean image and its seeded degradation."""
+    """One clean image and its seeded degradation (``draw``: what the blind family did; empty for the benchmark)."""
 
     key: str
     clean: torch.Tensor
     degraded: torch.Tensor
+    draw: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,7 +57,7 @@ class EvalReport:
 
 
 def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = None, limit: int | None = None,
-                  degradation: Degradation = BENCHMARK) -> tuple[list[EvalImage], list[Path]]:
+                  degradation: RegionDegradation = BENCHMARK) -> tuple[list[EvalImage], list[Path]]:
     """Clean images of ``folder`` (recursive, sorted) with their deterministic degradations, and skipped files."""
     scan = scan_image_folder(Path(folder))
     skipped = list(scan.skipped)
@@ -72,8 +75,8 @@ def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = Non
             continue
         key = relative_key(path, scan.root)
         clean = center_crop(image, crop).contiguous()
-        degraded = degradation(clean, generator=seeded_generator(key, seed))
-        items.append(EvalImage(key, clean, degraded))
+        degraded, draw = degrade_keyed(degradation, clean, key, seed)
+        items.append(EvalImage(key, clean, degraded, draw))
     if not items:
         raise UsageError(f"no usable images in {folder} (all were unreadable or smaller than "
                          f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels)")

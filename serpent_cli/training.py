@@ -40,7 +40,8 @@ from torch import nn
 
 from serpent_cli import distributed as dist_util
 from serpent_cli.atomic import write_atomic
-from serpent_cli.data import RandomCropDataset, SampleRange, scan_image_folder
+from serpent_cli.data import RandomCropDataset, SampleRange, scan_image_folder, scan_image_folders
+from serpent_cli.degradation_family import degradation_by_name
 from serpent_cli.device import resolve_device, resolve_precision
 from serpent_cli.errors import SerpentError, UsageError
 from serpent_cli.evaluation import BASELINE_NAME, EvalImage, evaluate, load_eval_set, model_restorer
@@ -64,7 +65,7 @@ def paper_lr(crop: int) -> float:
 class TrainOptions:
     """Everything `serpent train` accepts; stored in run.json."""
 
-    data: str
+    data: str | list[str]
     out: str = "runs/serpent"
     model: str = "serpent-b"
     val: str | None = None
@@ -86,6 +87,7 @@ class TrainOptions:
     device: str = "auto"
     precision: str = "auto"
     resume: bool = False
+    degradation: str = "benchmark"
 
     def check(self) -> None:
         """Reject impossible values with one clear line each (exit 2)."""
@@ -107,6 +109,7 @@ class TrainOptions:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
         if self.loss not in ("l1", "mse"):
             raise UsageError(f"--loss must be l1 or mse, got {self.loss}")
+        degradation_by_name(self.degradation)
 
 
 @dataclass
@@ -321,16 +324,18 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     main = ctx.is_main
     say = warn if main else (lambda _m: None)
 
-    scan = scan_image_folder(Path(opts.data))
+    scan = scan_image_folders(opts.data)
+    degradation = degradation_by_name(opts.degradation)
     if scan.skipped and main:
         names = ", ".join(p.name for p in scan.skipped[:5]) + (" ..." if len(scan.skipped) > 5 else "")
-        say(f"skipped {len(scan.skipped)} file(s) in {opts.data} that are not readable images: {names}")
+        say(f"skipped {len(scan.skipped)} file(s) in {scan.label} that are not readable images: {names}")
     small = sum(1 for w, h in scan.sizes if w < opts.crop or h < opts.crop)
     if small and main:
         say(f"{small} image(s) are smaller than --crop {opts.crop}; they are reflect-padded up to it")
     val_items: list[EvalImage] = []
     if opts.val and main:
-        val_items, _ = load_eval_set(Path(opts.val), crop=opts.val_crop, limit=opts.val_limit)
+        val_items, _ = load_eval_set(Path(opts.val), crop=opts.val_crop, limit=opts.val_limit,
+                                     degradation=degradation)
     elif opts.val:
         scan_image_folder(Path(opts.val))  # fail on every rank alike, not only on rank 0
 
@@ -375,13 +380,14 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = RandomCropDataset(scan.images, opts.crop, seed=opts.seed)
+    dataset = RandomCropDataset(scan.images, opts.crop, seed=opts.seed, degradation=degradation)
     sampler = SampleRange(start_step, total, opts.batch_size, ctx.rank, ctx.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler,
                                          num_workers=opts.workers, pin_memory=device.type == "cuda",
                                          persistent_workers=False)
     ema_model = create_model(opts.model).to(device).eval()
-    meta = {"trained_steps": "0", "train_data": Path(opts.data).name, "crop": str(opts.crop)}
+    meta = {"trained_steps": "0", "train_data": scan.label, "crop": str(opts.crop),
+            "degradation": opts.degradation}
     best = float(state.get("best_val_psnr", float("-inf"))) if state else float("-inf")
     history: list[dict[str, float]] = []
 

@@ -126,3 +126,32 @@ def test_unusable_images_are_skipped_with_a_warning(serpent_cmd: list[str], weig
     assert proc.returncode == 0, proc.stderr
     assert "skipped 2 file(s)" in proc.stderr and "tiny.png" in proc.stderr and "truncated.jpg" in proc.stderr
     assert {r["image"] for r in json.loads(proc.stdout)["images"]} == {"good.png"}
+
+
+def test_blind_degradation_is_deterministic_and_recorded(serpent_cmd: list[str], weights: Path, folder: Path) -> None:
+    from serpent_cli.degradation_family import BLIND, describe_draw
+
+    args = (str(folder), "--model", "serpent-b", "--weights", str(weights), "--crop", "64", "--json")
+    first = _eval(serpent_cmd, *args, "--degradation", "blind")
+    second = _eval(serpent_cmd, *args, "--degradation", "blind")
+    bench = json.loads(_eval(serpent_cmd, *args).stdout)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    report = json.loads(first.stdout)
+    assert report["degradation"]["name"] == "blind" and bench["degradation"]["name"] == "benchmark"
+    assert bench["degradation"]["blur_sigma"] == 3.0 and "draws" not in bench
+    assert [d["image"] for d in report["draws"]] == sorted({r["image"] for r in report["images"]})
+    for draw in report["draws"]:
+        assert draw == {"image": draw["image"], **describe_draw(draw["image"], 0)}
+    base = {r["image"]: r["psnr"] for r in report["images"] if r["model"] == "degraded input"}
+    for key, value in base.items():
+        clean = read_rgb(folder / key)
+        _, h, w = clean.shape
+        clean = clean[:, (h - 64) // 2 : (h - 64) // 2 + 64, (w - 64) // 2 : (w - 64) // 2 + 64].contiguous()
+        degraded = BLIND(clean, generator=seeded_generator(key, 0)).clamp(0, 1)
+        a, b = clean.permute(1, 2, 0).double().numpy(), degraded.permute(1, 2, 0).double().numpy()
+        assert value == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1), abs=1e-4)
+    assert report["summary"][0]["psnr"] != bench["summary"][0]["psnr"]
+    bad = _eval(serpent_cmd, str(folder), "--weights", str(weights), "--degradation", "nonsense")
+    assert bad.returncode == 2 and "benchmark, blind" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -1,4 +1,4 @@
-"""`serpent eval`: PSNR / SSIM (/ LPIPS) of a model on a folder under the seeded benchmark degradation."""
+"""`serpent eval`: PSNR / SSIM (/ LPIPS) of a model on a folder under a seeded degradation (benchmark or blind)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from serpent_cli.cli.common import err_console, info, out_console, stderr_is_terminal, verbosity, warn
-from serpent_cli.degradation import BENCHMARK
+from serpent_cli.degradation_family import degradation_by_name
 from serpent_cli.device import resolve_device
 from serpent_cli.errors import UsageError
 from serpent_cli.evaluation import EVAL_SEED, evaluate, load_eval_set, model_restorer
@@ -50,6 +50,9 @@ def evaluate_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="Compute LPIPS when it can run offline.")]
     = True,
+    degradation: Annotated[str, typer.Option(
+        help="benchmark (the paper's fixed blur + noise) or blind (the seeded real-photo family).")]
+    = "benchmark",
 ) -> None:
     """Score a model against the clean images, with the degraded input as a baseline row."""
     if model not in list_models():
@@ -59,10 +62,11 @@ def evaluate_command(
     if crop < 0 or 0 < crop < 11:
         raise UsageError(f"--crop must be 0 (whole image) or at least 11 pixels, got {crop}")
     tile_size = _parse_tile(tile)
+    degrader = degradation_by_name(degradation)
     dev = resolve_device(device)
     net = create_model(model, weights=weights) if weights is not None else create_model(model, pretrained=True)
     net = net.to(dev).eval()
-    items, skipped = load_eval_set(folder, seed=seed, crop=crop or None, limit=limit)
+    items, skipped = load_eval_set(folder, seed=seed, crop=crop or None, limit=limit, degradation=degrader)
     if skipped:
         warn(f"skipped {len(skipped)} file(s) (not images, unreadable, or under 11x11 px): "
              + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
@@ -79,15 +83,16 @@ def evaluate_command(
         payload = {
             "folder": str(folder), "seed": seed, "model": model,
             "weights": str(weights) if weights else "registered",
-            "degradation": {"blur_kernel": BENCHMARK.kernel_size, "blur_sigma": BENCHMARK.blur_sigma,
-                            "noise_sigma": BENCHMARK.noise_sigma},
+            "degradation": degrader.describe(),
             "lpips": None if report.lpips_reason is None else report.lpips_reason,
             "summary": [_round(r) for r in report.summary],
             "images": [_round(r) for r in report.rows],
         }
+        if any(item.draw for item in items):
+            payload["draws"] = [{"image": item.key, **item.draw} for item in items]
         print(json.dumps(payload, indent=2))
         return
-    table = Table(title=f"{folder} ({len(items)} images, seeded degradation, seed {seed})")
+    table = Table(title=f"{folder} ({len(items)} images, seeded {degradation} degradation, seed {seed})")
     table.add_column("model")
     table.add_column("PSNR dB", justify="right")
     table.add_column("SSIM", justify="right")

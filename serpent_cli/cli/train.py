@@ -60,7 +60,8 @@ class RichReporter(Reporter):
 
 
 def train_command(
-    data: Annotated[Path, typer.Argument(help="Folder of clean training images (read recursively).")],
+    data: Annotated[list[Path], typer.Argument(
+        help="Folder(s) of clean training images (read recursively; several are used together).")],
     model: Annotated[str, typer.Option("--model", "-m", help="serpent-b, serpent-l, serpent-h or unet-32/64/128.")]
     = "serpent-b",
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, model.safetensors.")]
@@ -90,13 +91,17 @@ def train_command(
     = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest state.")]
     = False,
+    degradation: Annotated[str, typer.Option(
+        help="benchmark (Gaussian sigma 3 + noise 0.05, the paper's) or blind (random blur kinds, noise, JPEG).")]
+    = "benchmark",
 ) -> None:
-    """Train a model on a folder of clean photos (on-the-fly blur + noise); torchrun for several GPUs."""
+    """Train a model on folders of clean photos (on-the-fly degradation); torchrun for several GPUs."""
     opts = TrainOptions(
-        data=str(data), out=str(out), model=model, val=str(val) if val else None, epochs=epochs, steps=steps,
+        data=str(data[0]) if len(data) == 1 else [str(d) for d in data],
+        out=str(out), model=model, val=str(val) if val else None, epochs=epochs, steps=steps,
         lr=lr, batch_size=batch_size, crop=crop, loss=loss, ema=ema, val_every=val_every,
         val_crop=val_crop or None, val_limit=val_limit, save_every=save_every, keep=keep, log_every=log_every,
-        seed=seed, workers=workers, device=device, precision=precision, resume=resume,
+        seed=seed, workers=workers, device=device, precision=precision, resume=resume, degradation=degradation,
     )
     result = train(opts, RichReporter(log_every), warn)
     if result.is_main:

@@ -52,10 +52,11 @@ def test_json_is_deterministic_and_baseline_matches_scikit_image(serpent_cmd: li
     assert first.stdout == second.stdout  # identical numbers, run after run
     assert "skipped 1 file(s)" in first.stderr and "README.txt" in first.stderr
     report = json.loads(first.stdout)
-    assert [r["model"] for r in report["summary"]] == ["degraded input", "serpent-b"]
+    assert [r["model"] for r in report["summary"]] == ["degraded input", "wiener (known kernel)", "serpent-b"]
+    assert report["degradation"]["name"] == "benchmark" and report["wiener_k"] > 0
     assert report["lpips"] is None or report["lpips"].startswith("LPIPS not computed")
     rows = report["images"]
-    assert len(rows) == 6 and {r["image"] for r in rows} >= {"nested/" + sorted(p.name for p in (
+    assert len(rows) == 9 and {r["image"] for r in rows} >= {"nested/" + sorted(p.name for p in (
         folder / "nested").iterdir())[0]}
     # Recompute the baseline independently: seeded degradation of the centre crop, clipped, scikit-image metrics.
     for row in (r for r in rows if r["model"] == "degraded input"):
@@ -70,6 +71,10 @@ def test_json_is_deterministic_and_baseline_matches_scikit_image(serpent_cmd: li
             abs=1e-6)
     means = {r["model"]: r for r in report["summary"]}
     assert means["degraded input"]["images"] == 3
+    # Patch grid: serpent-b has patch 4, so a score; the baselines have no patches.
+    assert isinstance(means["serpent-b"]["grid"], float) and means["serpent-b"]["grid"] > 0
+    assert means["degraded input"]["grid"] is None and means["wiener (known kernel)"]["grid"] is None
+    assert means["wiener (known kernel)"]["psnr"] > means["degraded input"]["psnr"]
     base = [r["psnr"] for r in rows if r["model"] == "degraded input"]
     assert means["degraded input"]["psnr"] == pytest.approx(sum(base) / 3, abs=1e-3)
 
@@ -79,6 +84,7 @@ def test_table_seed_and_tiling(serpent_cmd: list[str], weights: Path, folder: Pa
     table = _eval(serpent_cmd, *base)
     assert table.returncode == 0, table.stderr
     assert "degraded input" in table.stdout and "serpent-b" in table.stdout and "PSNR" in table.stdout
+    assert "wiener (known kernel)" in table.stdout and "grid" in table.stdout
     whole = json.loads(_eval(serpent_cmd, *base, "--json").stdout)
     other_seed = json.loads(_eval(serpent_cmd, *base, "--json", "--seed", "1").stdout)
     tiled = json.loads(_eval(serpent_cmd, *base, "--json", "--tile", "64", "--tile-overlap", "16").stdout)
@@ -93,7 +99,8 @@ def test_unet_weights_evaluate_too(serpent_cmd: list[str], folder: Path, tmp_pat
     proc = _eval(serpent_cmd, str(folder), "--model", "unet-32", "--weights", str(path), "--crop", "64",
                  "--limit", "1", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["summary"][1]["model"] == "unet-32"
+    summary = json.loads(proc.stdout)["summary"]
+    assert summary[-1]["model"] == "unet-32" and summary[-1]["grid"] is None  # no patches: n/a
 
 
 def test_bad_inputs_are_one_clear_line(serpent_cmd: list[str], weights: Path, folder: Path, tmp_path: Path) -> None:
@@ -152,6 +159,8 @@ def test_blind_degradation_is_deterministic_and_recorded(serpent_cmd: list[str],
         a, b = clean.permute(1, 2, 0).double().numpy(), degraded.permute(1, 2, 0).double().numpy()
         assert value == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1), abs=1e-4)
     assert report["summary"][0]["psnr"] != bench["summary"][0]["psnr"]
+    # No kernel is known under the blind family, so no Wiener row (see serpent_cli.evaluation).
+    assert [r["model"] for r in report["summary"]] == ["degraded input", "serpent-b"] and report["wiener_k"] is None
     bad = _eval(serpent_cmd, str(folder), "--weights", str(weights), "--degradation", "nonsense")
     assert bad.returncode == 2 and "benchmark, blind" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -13,8 +13,17 @@ from serpent_cli.cli.common import err_console, info, out_console, stderr_is_ter
 from serpent_cli.degradation_family import degradation_by_name
 from serpent_cli.device import resolve_device
 from serpent_cli.errors import UsageError
-from serpent_cli.evaluation import EVAL_SEED, evaluate, load_eval_set, model_restorer
+from serpent_cli.evaluation import (
+    EVAL_SEED,
+    WIENER_NAME,
+    baseline_restorers,
+    evaluate,
+    load_eval_set,
+    model_restorer,
+    patch_size_of,
+)
 from serpent_cli.models import create_model, list_models
+from serpent_cli.wiener import WIENER_K
 
 
 def _parse_tile(tile: str) -> int | None:
@@ -31,7 +40,7 @@ def _parse_tile(tile: str) -> int | None:
 
 def _round(row: dict[str, object]) -> dict[str, object]:
     """Fixed decimals so the printed numbers are identical across runs (they are computed in float64)."""
-    digits = {"psnr": 4, "ssim": 6, "lpips": 6}
+    digits = {"psnr": 4, "ssim": 6, "lpips": 6, "grid": 4}
     return {k: round(v, digits[k]) if k in digits and isinstance(v, float) else v for k, v in row.items()}
 
 
@@ -54,7 +63,10 @@ def evaluate_command(
         help="benchmark (the paper's fixed blur + noise) or blind (the seeded real-photo family).")]
     = "benchmark",
 ) -> None:
-    """Score a model against the clean images, with the degraded input as a baseline row."""
+    """Score a model against the clean images, beside the degraded input (and Wiener, under the benchmark).
+
+    The grid column is the patch-grid score (1.0 = no visible P x P grid; n/a for patch size 1 and U-Nets).
+    """
     if model not in list_models():
         raise UsageError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
     if limit is not None and limit < 1:
@@ -77,13 +89,15 @@ def evaluate_command(
         if show:
             err_console.print(f"  {done}/{total}", end="\r")
 
-    report = evaluate(items, {model: model_restorer(net, dev, tile=tile_size, overlap=tile_overlap)},
-                      folder=str(folder), seed=seed, use_lpips=lpips, progress=progress)
+    restorers = baseline_restorers(degrader) | {model: model_restorer(net, dev, tile=tile_size, overlap=tile_overlap)}
+    report = evaluate(items, restorers, folder=str(folder), seed=seed, use_lpips=lpips, progress=progress,
+                      patches={model: patch_size_of(net)})
     if as_json:
         payload = {
             "folder": str(folder), "seed": seed, "model": model,
             "weights": str(weights) if weights else "registered",
             "degradation": degrader.describe(),
+            "wiener_k": WIENER_K if WIENER_NAME in restorers else None,
             "lpips": None if report.lpips_reason is None else report.lpips_reason,
             "summary": [_round(r) for r in report.summary],
             "images": [_round(r) for r in report.rows],
@@ -97,9 +111,11 @@ def evaluate_command(
     table.add_column("PSNR dB", justify="right")
     table.add_column("SSIM", justify="right")
     table.add_column("LPIPS", justify="right")
+    table.add_column("grid", justify="right")
     for row in report.summary:
         lp = f"{row['lpips']:.4f}" if "lpips" in row else "n/a"
-        table.add_row(str(row["model"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", lp)
+        grid = f"{row['grid']:.3f}" if isinstance(row.get("grid"), float) else "n/a"
+        table.add_row(str(row["model"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", lp, grid)
     out_console.print(table)
     if report.lpips_reason and lpips:
         out_console.print(report.lpips_reason)

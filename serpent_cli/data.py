@@ -15,22 +15,25 @@ Decisions (the issue is silent on these):
   sees exactly the samples an uninterrupted single run would, without saving data-loader state.
 * Decoded images are cached as uint8 up to ``cache_mb`` (least recently used first out), so a
   large set (60k FFHQ faces) streams from disk instead of filling the memory.
-* The blur is applied to the crop plus a margin of half the kernel on each side, then the margin
-  is cut away: the crop is blurred as part of the whole photo, with no artificial border.
+* The blur is applied to the crop plus the degradation's ``margin`` (half the kernel) on each side,
+  then the margin is cut away: the crop is blurred as part of the whole photo, with no artificial
+  border.  The degradation is the benchmark or the blind family
+  (:class:`serpent_cli.degradation.RegionDegradation`); the benchmark's samples are bit-identical to
+  what they were before the family existed (a test pins them).
 """
 
 from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from serpent_cli.degradation import BENCHMARK, Degradation, stable_seed
+from serpent_cli.degradation import BENCHMARK, RegionDegradation, stable_seed
 from serpent_cli.errors import SerpentError, UsageError, require_folder
 from serpent_cli.imageio import IMAGE_EXTENSIONS, ImageReadError, pillow_limit_lifted, read_rgb
 
@@ -43,6 +46,12 @@ class ImageFolderScan:
     images: list[Path]
     sizes: list[tuple[int, int]]  # (width, height) per image
     skipped: list[Path]
+    roots: list[Path] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The folder name(s), joined with '+', for logs and weights metadata."""
+        return "+".join(r.name for r in (self.roots or [self.root]))
 
 
 def scan_image_folder(root: Path) -> ImageFolderScan:
@@ -65,20 +74,25 @@ def scan_image_folder(root: Path) -> ImageFolderScan:
             skipped.append(path)
     if not images:
         raise UsageError(f"no readable images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return ImageFolderScan(root, images, sizes, skipped)
+    return ImageFolderScan(root, images, sizes, skipped, [root])
 
 
-def scan_image_folders(roots: list[Path]) -> ImageFolderScan:
-    """Several training folders as one set: each scanned as :func:`scan_image_folder`, in order."""
-    scans = [scan_image_folder(Path(r)) for r in roots]
-    if len(scans) == 1:
-        return scans[0]
-    return ImageFolderScan(
-        scans[0].root,
-        [p for s in scans for p in s.images],
-        [z for s in scans for z in s.sizes],
-        [p for s in scans for p in s.skipped],
-    )
+def scan_image_folders(roots: str | Path | list[str] | list[Path]) -> ImageFolderScan:
+    """Several training folders as one scan: each folder's images in order; a file listed twice counts once."""
+    paths = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
+    if not paths:
+        raise UsageError("no data folder given")
+    scans = [scan_image_folder(p) for p in paths]
+    seen: set[Path] = set()
+    images: list[Path] = []
+    sizes: list[tuple[int, int]] = []
+    for scan in scans:
+        for path, size in zip(scan.images, scan.sizes):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                images.append(path)
+                sizes.append(size)
+    return ImageFolderScan(paths[0], images, sizes, [p for s in scans for p in s.skipped], paths)
 
 
 def _reflect_pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -103,7 +117,7 @@ class RandomCropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: list[Path], crop: int, *, seed: int = 0,
-                 degradation: Degradation = BENCHMARK, cache: bool = True, cache_mb: float = 2048.0,
+                 degradation: RegionDegradation = BENCHMARK, cache: bool = True, cache_mb: float = 2048.0,
                  rotate: bool = False) -> None:
         if crop < 8:
             raise UsageError(f"--crop must be at least 8 pixels, got {crop}")
@@ -111,7 +125,7 @@ class RandomCropDataset(torch.utils.data.Dataset):
         self.crop = crop
         self.seed = seed
         self.degradation = degradation
-        self.margin = degradation.kernel_size // 2 if degradation.blur_sigma > 0 else 0
+        self.margin = degradation.margin
         self._cache: OrderedDict[int, torch.Tensor] | None = OrderedDict() if cache else None
         self._cache_limit = int(cache_mb * 2**20)
         self._cache_bytes = 0
@@ -177,10 +191,8 @@ class RandomCropDataset(torch.utils.data.Dataset):
         # Blur the crop with its real surroundings (as far as the photo reaches), then cut the margin.
         t0, l0 = max(0, top - m), max(0, left - m)
         region = img[:, t0 : min(h, top + crop + m), l0 : min(w, left + crop + m)]
-        blurred = self.degradation.blur(region)[:, top - t0 : top - t0 + crop, left - l0 : left - l0 + crop]
+        degraded = self.degradation.degrade_region(region, top - t0, left - l0, crop, g)
         clean = img[:, top : top + crop, left : left + crop]
-        noise = torch.randn(blurred.shape, generator=g) * self.degradation.noise_sigma
-        degraded = blurred + noise
         if flips[0] < 0.5:
             clean, degraded = clean.flip(-1), degraded.flip(-1)
         if flips[1] < 0.5:

@@ -13,13 +13,46 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
 
 EVAL_SEED = 0
 """The global seed of the benchmark noise (`serpent eval`, `serpent degrade`)."""
+
+DEGRADATION_NAMES = ("benchmark", "blind")
+"""The benchmark (the paper's, fixed) and the blind family (:mod:`serpent_cli.degradation_family`)."""
+
+
+def check_degradation_name(name: str) -> None:
+    """A usage error for an unknown degradation name, answered before torch is imported."""
+    if name not in DEGRADATION_NAMES:
+        from serpent_cli.errors import UsageError
+
+        raise UsageError(f"unknown degradation {name!r}; choose one of {', '.join(DEGRADATION_NAMES)}")
+
+
+class RegionDegradation(Protocol):
+    """What training and evaluation need from a degradation (the benchmark or the blind family).
+
+    ``margin``: pixels of real context the blur needs around a crop.  ``degrade_region``: the degraded
+    crop of a region that carries that margin, randomness from the caller's generator.  Calling it
+    degrades a whole image (reflect-padded at the borders) with randomness from ``generator``.
+    ``describe``: its fixed parameters, for logs and JSON.
+    """
+
+    name: str
+
+    @property
+    def margin(self) -> int: ...
+
+    def degrade_region(self, region: torch.Tensor, top: int, left: int, size: int,
+                       generator: torch.Generator) -> torch.Tensor: ...
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+    def describe(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True)
@@ -60,6 +93,31 @@ class Degradation:
             return blurred
         noise = torch.randn(blurred.shape, generator=generator, dtype=torch.float32, device="cpu")
         return blurred + (self.noise_sigma * noise).to(blurred.device, blurred.dtype)
+
+    name = "benchmark"
+
+    @property
+    def margin(self) -> int:
+        """Pixels of context the blur reads on each side of a crop."""
+        return self.kernel_size // 2 if self.blur_sigma > 0 else 0
+
+    def degrade_region(self, region: torch.Tensor, top: int, left: int, size: int,
+                       generator: torch.Generator) -> torch.Tensor:
+        """The ``size`` x ``size`` crop at (top, left) of ``region`` (C, H, W), blurred with its surroundings.
+
+        The noise is drawn from ``generator`` after whatever the caller drew before (crop, flips):
+        the exact sequence training has always used, so its samples stay bit-identical.
+        """
+        import torch
+
+        blurred = self.blur(region)[:, top : top + size, left : left + size]
+        noise = torch.randn(blurred.shape, generator=generator) * self.noise_sigma
+        return blurred + noise
+
+    def describe(self) -> dict[str, object]:
+        """The fixed parameters, for logs and JSON."""
+        return {"name": self.name, "blur_kernel": self.kernel_size, "blur_sigma": self.blur_sigma,
+                "noise_sigma": self.noise_sigma}
 
 
 BENCHMARK = Degradation()

@@ -1,14 +1,23 @@
-"""Evaluate a model on a folder under the fixed, seeded benchmark degradation (DESIGN.md section 4).
+"""Evaluate a model on a folder under a fixed, seeded degradation (DESIGN.md section 4).
 
-Every clean image is degraded with :data:`serpent_cli.degradation.BENCHMARK`; its noise comes from a
-generator seeded by the image's relative path and a global seed, so the inputs (and hence the numbers)
-are the same on every run and machine.  Decisions where the issue is silent:
+Every clean image is degraded with :data:`serpent_cli.degradation.BENCHMARK` (default) or the blind
+family (:mod:`serpent_cli.degradation_family`); its randomness comes from a generator seeded by the
+image's relative path and a global seed, so the inputs (and hence the numbers) are the same on every
+run and machine.  Decisions where the issue is silent:
 
 * The network gets the unclipped degraded image (as in training); the "degraded input" baseline row
   scores the degraded image clipped to [0, 1] (what a saved file would hold).  Restorations are
   clipped to [0, 1] before scoring.
 * Metrics are computed per image in float64 on the CPU; means are plain means over images.
 * ``crop`` takes a centered crop before degrading (used by training validation to stay cheap).
+* Under the benchmark, a classical row sits beside the degraded input: Wiener deconvolution with the
+  benchmark's known kernel (:mod:`serpent_cli.wiener`), so every table shows what learning adds over
+  the textbook answer.  Under the blind family there is no Wiener row: the kernel is unknown to a
+  blind method, and an oracle fed each image's true kernel (with one K tuned for noise 0.05, on images
+  that may be sharp, noiseless or JPEG-blocked) would be neither a fair peer nor a meaningful bound.
+* Grid score (:func:`serpent_cli.metrics.grid_score`) per model with a patch size P >= 2 (serpent-b 4,
+  serpent-l 2).  For P = 1 (serpent-h) and models without patches (U-Net, the baselines) there is no
+  patch boundary to see: the score is reported as n/a (``None`` in JSON), not as a vacuous 1.0.
 """
 
 from __future__ import annotations
@@ -23,21 +32,25 @@ import torch
 from torch import nn
 
 from serpent_cli.data import center_crop, relative_key, scan_image_folder
-from serpent_cli.degradation import BENCHMARK, EVAL_SEED, Degradation, seeded_generator
+from serpent_cli.degradation import BENCHMARK, EVAL_SEED, Degradation, RegionDegradation
+from serpent_cli.degradation_family import degrade_keyed
 from serpent_cli.errors import UsageError
 from serpent_cli.imageio import ImageReadError, read_rgb
-from serpent_cli.metrics import LPIPS, SSIM_WINDOW, lpips_unavailable_reason, psnr, ssim
+from serpent_cli.metrics import LPIPS, SSIM_WINDOW, grid_score, lpips_unavailable_reason, psnr, ssim
+from serpent_cli.wiener import WIENER_K, benchmark_kernel, wiener_deconvolve
 
 BASELINE_NAME = "degraded input"
+WIENER_NAME = "wiener (known kernel)"
 
 
 @dataclass
 class EvalImage:
-    """One clean image and its seeded degradation."""
+    """One clean image and its seeded degradation (``draw``: what the blind family did; empty for the benchmark)."""
 
     key: str
     clean: torch.Tensor
     degraded: torch.Tensor
+    draw: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,7 +66,7 @@ class EvalReport:
 
 
 def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = None, limit: int | None = None,
-                  degradation: Degradation = BENCHMARK) -> tuple[list[EvalImage], list[Path]]:
+                  degradation: RegionDegradation = BENCHMARK) -> tuple[list[EvalImage], list[Path]]:
     """Clean images of ``folder`` (recursive, sorted) with their deterministic degradations, and skipped files."""
     scan = scan_image_folder(Path(folder))
     skipped = list(scan.skipped)
@@ -71,8 +84,8 @@ def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = Non
             continue
         key = relative_key(path, scan.root)
         clean = center_crop(image, crop).contiguous()
-        degraded = degradation(clean, generator=seeded_generator(key, seed))
-        items.append(EvalImage(key, clean, degraded))
+        degraded, draw = degrade_keyed(degradation, clean, key, seed)
+        items.append(EvalImage(key, clean, degraded, draw))
     if not items:
         raise UsageError(f"no usable images in {folder} (all were unreadable or smaller than "
                          f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels)")
@@ -124,6 +137,19 @@ def model_restorer(model: nn.Module, device: torch.device, *, tile: int | None =
     return restore
 
 
+def patch_size_of(model: nn.Module) -> int | None:
+    """The model's output patch size P (Serpent: ``config.patch_size``); None for models without patches."""
+    return getattr(getattr(model, "config", None), "patch_size", None)
+
+
+def baseline_restorers(degradation: RegionDegradation) -> dict[str, Restore]:
+    """Classical rows beside the degraded input: Wiener with the known kernel, where the kernel is known."""
+    if not isinstance(degradation, Degradation) or degradation.blur_sigma == 0:
+        return {}
+    kernel = benchmark_kernel(degradation)
+    return {WIENER_NAME: lambda degraded: wiener_deconvolve(degraded, kernel, WIENER_K)}
+
+
 def score(pred: torch.Tensor, clean: torch.Tensor, lpips_fn: LPIPS | None = None) -> dict[str, float]:
     """PSNR / SSIM (and LPIPS) of one clipped prediction against its clean image."""
     pred = pred.clamp(0, 1)
@@ -138,16 +164,27 @@ def _mean(values: list[float]) -> float:
 
 
 def evaluate(items: list[EvalImage], models: dict[str, Restore], *, folder: str = "", seed: int = EVAL_SEED,
-             use_lpips: bool = True, progress: Callable[[int, int], None] | None = None) -> EvalReport:
-    """Score the degraded baseline and every named model on ``items``."""
+             use_lpips: bool = True, progress: Callable[[int, int], None] | None = None,
+             patches: dict[str, int | None] | None = None) -> EvalReport:
+    """Score the degraded baseline and every named model on ``items``.
+
+    With ``patches`` (model name -> patch size), every row gets a ``grid`` score: a number for models
+    with P >= 2, None for the rest (including the baselines).
+    """
     reason = lpips_unavailable_reason() if use_lpips else "LPIPS not requested"
     lpips_fn = LPIPS() if reason is None else None
     report = EvalReport(folder=folder, seed=seed, lpips_reason=reason)
-    per_model: dict[str, list[dict[str, float]]] = {BASELINE_NAME: []} | {name: [] for name in models}
+    per_model: dict[str, list[dict[str, float | None]]] = {BASELINE_NAME: []} | {name: [] for name in models}
     for i, item in enumerate(items):
-        scores = {BASELINE_NAME: score(item.degraded, item.clean, lpips_fn)}
+        scores: dict[str, dict[str, float | None]] = {BASELINE_NAME: score(item.degraded, item.clean, lpips_fn)}
         for name, restore in models.items():
-            scores[name] = score(restore(item.degraded), item.clean, lpips_fn)
+            restored = restore(item.degraded)
+            scores[name] = score(restored, item.clean, lpips_fn)
+            if patches is not None:
+                p = patches.get(name)
+                scores[name]["grid"] = grid_score(restored, item.clean, p) if p and p >= 2 else None
+        if patches is not None:
+            scores[BASELINE_NAME]["grid"] = None
         for name, s in scores.items():
             per_model[name].append(s)
             report.rows.append({"image": item.key, "model": name, **s})
@@ -155,8 +192,9 @@ def evaluate(items: list[EvalImage], models: dict[str, Restore], *, folder: str 
             progress(i + 1, len(items))
     for name, scores_list in per_model.items():
         entry: dict[str, object] = {"model": name, "images": len(scores_list)}
-        for metric in ("psnr", "ssim", "lpips"):
+        for metric in ("psnr", "ssim", "lpips", "grid"):
             if scores_list and metric in scores_list[0]:
-                entry[metric] = _mean([s[metric] for s in scores_list])
+                values = [s[metric] for s in scores_list]
+                entry[metric] = None if None in values else _mean(values)
         report.summary.append(entry)
     return report

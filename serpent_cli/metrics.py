@@ -7,6 +7,10 @@ with sigma 1.5 per channel, averaged over the channels, over the "valid" region 
 excluded, as scikit-image does).  Both are computed in float64 on the CPU, so the numbers do not
 depend on the device or thread count.
 
+The grid score (:func:`grid_score`) measures a visible P x P patch grid in a restoration: how much
+larger the jumps across patch boundaries are than the jumps inside patches, relative to the same
+ratio of the clean image (so a photo's own texture does not count).
+
 LPIPS (AlexNet) needs the ``lpips`` package and the AlexNet backbone weights already in the
 local torch hub cache: this module never downloads anything, and says why LPIPS is missing.
 """
@@ -78,6 +82,38 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
     s = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
     out = s.mean(dim=(2, 3)).mean(1)
     return out[0] if single else out
+
+
+def _boundary_ratio(x: torch.Tensor, patch: int) -> float:
+    """Mean |step| across patch-boundary columns and rows over the mean |step| inside patches."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs()  # step j: between columns j and j + 1
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs()
+    on_x = (torch.arange(1, x.shape[-1]) % patch) == 0  # column j + 1 starts a patch
+    on_y = (torch.arange(1, x.shape[-2]) % patch) == 0
+    boundary = torch.cat([dx[..., on_x].flatten(), dy[..., on_y, :].flatten()])
+    inside = torch.cat([dx[..., ~on_x].flatten(), dy[..., ~on_y, :].flatten()])
+    if boundary.numel() == 0 or inside.numel() == 0:
+        return float("nan")
+    return float(boundary.mean() / inside.mean())
+
+
+def grid_score(restored: torch.Tensor, clean: torch.Tensor, patch: int) -> float:
+    """Patch-grid visibility of ``restored`` at patch size ``patch`` (>= 2), relative to ``clean``: 1.0 = none.
+
+    (boundary / inside step ratio of the restoration) / (the same of the clean image), patches aligned
+    at the top-left pixel (Serpent pads bottom / right).  The restoration is clipped to [0, 1] first, as
+    every score is.  Restored == clean gives exactly 1.0.  Patch 1 has no inside steps: the score is
+    undefined there (the caller reports n/a), as for a flat image (NaN).
+    """
+    if patch < 2:
+        raise ValueError(f"the grid score needs a patch size >= 2, got {patch}")
+    r, c = _as_batch(restored).clamp(0, 1), _as_batch(clean)
+    if r.shape != c.shape:
+        raise ValueError(f"shape mismatch: {tuple(r.shape)} vs {tuple(c.shape)}")
+    reference = _boundary_ratio(c, patch)
+    if not math.isfinite(reference) or reference == 0:
+        return float("nan")
+    return _boundary_ratio(r, patch) / reference
 
 
 def _torch_hub_checkpoints() -> Path:

@@ -48,6 +48,7 @@ from torch import nn
 from serpent_cli import distributed as dist_util
 from serpent_cli.atomic import write_atomic
 from serpent_cli.data import RandomCropDataset, SampleRange, scan_image_folder, scan_image_folders
+from serpent_cli.degradation_family import degradation_by_name
 from serpent_cli.device import resolve_device, resolve_precision
 from serpent_cli.errors import SerpentError, UsageError
 from serpent_cli.evaluation import BASELINE_NAME, EvalImage, evaluate, load_eval_set, model_restorer
@@ -116,6 +117,7 @@ class TrainOptions:
     rotate: bool = True
     cache_mb: float = 2048.0
     init: str | None = None
+    degradation: str = "benchmark"
 
     @property
     def data_folders(self) -> list[str]:
@@ -152,6 +154,7 @@ class TrainOptions:
             raise UsageError(f"--cache-mb must be >= 0, got {self.cache_mb}")
         if not self.data_folders:
             raise UsageError("give at least one folder of training images")
+        degradation_by_name(self.degradation)
 
 
 @dataclass
@@ -404,17 +407,18 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     main = ctx.is_main
     say = warn if main else (lambda _m: None)
 
-    scan = scan_image_folders([Path(d) for d in opts.data_folders])
+    scan = scan_image_folders(opts.data_folders)
+    degradation = degradation_by_name(opts.degradation)
     if scan.skipped and main:
         names = ", ".join(p.name for p in scan.skipped[:5]) + (" ..." if len(scan.skipped) > 5 else "")
-        say(f"skipped {len(scan.skipped)} file(s) in {', '.join(opts.data_folders)} that are not readable "
-            f"images: {names}")
+        say(f"skipped {len(scan.skipped)} file(s) in {scan.label} that are not readable images: {names}")
     small = sum(1 for w, h in scan.sizes if w < opts.crop or h < opts.crop)
     if small and main:
         say(f"{small} image(s) are smaller than --crop {opts.crop}; they are reflect-padded up to it")
     val_items: list[EvalImage] = []
     if opts.val and main:
-        val_items, _ = load_eval_set(Path(opts.val), crop=opts.val_crop, limit=opts.val_limit)
+        val_items, _ = load_eval_set(Path(opts.val), crop=opts.val_crop, limit=opts.val_limit,
+                                     degradation=degradation)
     elif opts.val:
         scan_image_folder(Path(opts.val))  # fail on every rank alike, not only on rank 0
 
@@ -465,14 +469,15 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    dataset = RandomCropDataset(scan.images, opts.crop, seed=opts.seed, cache_mb=opts.cache_mb, rotate=opts.rotate)
+    dataset = RandomCropDataset(scan.images, opts.crop, seed=opts.seed, degradation=degradation,
+                                cache_mb=opts.cache_mb, rotate=opts.rotate)
     sampler = SampleRange(start_step, total, opts.batch_size, ctx.rank, ctx.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler,
                                          num_workers=opts.workers, pin_memory=device.type == "cuda",
                                          persistent_workers=False)
     ema_model = create_model(opts.model).to(device).eval()
-    meta = {"trained_steps": "0", "train_data": "+".join(Path(d).name for d in opts.data_folders),
-            "crop": str(opts.crop)}
+    meta = {"trained_steps": "0", "train_data": scan.label, "crop": str(opts.crop),
+            "degradation": opts.degradation}
     if opts.init:
         meta["init"] = Path(opts.init).name
     best = float(state.get("best_val_psnr", float("-inf"))) if state else float("-inf")

@@ -53,10 +53,12 @@ def test_json_is_deterministic_and_baseline_matches_scikit_image(serpent_cmd: li
     assert first.stdout == second.stdout  # identical numbers, run after run
     assert "skipped 1 file(s)" in first.stderr and "README.txt" in first.stderr
     report = json.loads(first.stdout)
-    assert [r["model"] for r in report["summary"]] == ["degraded input", f"serpent-b ({weights})"]  # names the file
+    label = f"serpent-b ({weights})"  # the row names the file
+    assert [r["model"] for r in report["summary"]] == ["degraded input", "wiener (known kernel)", label]
+    assert report["degradation"]["name"] == "benchmark" and report["wiener_k"] > 0
     assert report["lpips"] is None or report["lpips"].startswith("LPIPS not computed")
     rows = report["images"]
-    assert len(rows) == 6 and {r["image"] for r in rows} >= {"nested/" + sorted(p.name for p in (
+    assert len(rows) == 9 and {r["image"] for r in rows} >= {"nested/" + sorted(p.name for p in (
         folder / "nested").iterdir())[0]}
     # Recompute the baseline independently: seeded degradation of the centre crop, clipped, scikit-image metrics.
     for row in (r for r in rows if r["model"] == "degraded input"):
@@ -71,6 +73,10 @@ def test_json_is_deterministic_and_baseline_matches_scikit_image(serpent_cmd: li
             abs=1e-6)
     means = {r["model"]: r for r in report["summary"]}
     assert means["degraded input"]["images"] == 3
+    # Patch grid: serpent-b has patch 4, so a score; the baselines have no patches.
+    assert isinstance(means[label]["grid"], float) and means[label]["grid"] > 0
+    assert means["degraded input"]["grid"] is None and means["wiener (known kernel)"]["grid"] is None
+    assert means["wiener (known kernel)"]["psnr"] > means["degraded input"]["psnr"]
     base = [r["psnr"] for r in rows if r["model"] == "degraded input"]
     assert means["degraded input"]["psnr"] == pytest.approx(sum(base) / 3, abs=1e-3)
 
@@ -80,12 +86,13 @@ def test_table_seed_and_tiling(serpent_cmd: list[str], weights: Path, folder: Pa
     table = _eval(serpent_cmd, *base)
     assert table.returncode == 0, table.stderr
     assert "degraded input" in table.stdout and "serpent-b" in table.stdout and "PSNR" in table.stdout
+    assert "wiener (known kernel)" in table.stdout and "grid" in table.stdout
     whole = json.loads(_eval(serpent_cmd, *base, "--json").stdout)
     other_seed = json.loads(_eval(serpent_cmd, *base, "--json", "--seed", "1").stdout)
     tiled = json.loads(_eval(serpent_cmd, *base, "--json", "--tile", "64", "--tile-overlap", "16").stdout)
     assert other_seed["summary"][0]["psnr"] != whole["summary"][0]["psnr"]  # the seed drives the noise
     assert tiled["summary"][0] == whole["summary"][0]  # same inputs
-    assert tiled["summary"][1]["psnr"] == pytest.approx(whole["summary"][1]["psnr"], abs=0.5)
+    assert tiled["summary"][-1]["psnr"] == pytest.approx(whole["summary"][-1]["psnr"], abs=0.5)
 
 
 def test_unet_weights_evaluate_too(serpent_cmd: list[str], folder: Path, tmp_path: Path) -> None:
@@ -94,7 +101,8 @@ def test_unet_weights_evaluate_too(serpent_cmd: list[str], folder: Path, tmp_pat
     proc = _eval(serpent_cmd, str(folder), "--model", "unet-32", "--weights", str(path), "--crop", "64",
                  "--limit", "1", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["summary"][1]["model"] == f"unet-32 ({path})"
+    summary = json.loads(proc.stdout)["summary"]
+    assert summary[-1]["model"] == f"unet-32 ({path})" and summary[-1]["grid"] is None  # no patches: n/a
 
 
 def test_default_model_is_deblurs(serpent_cmd: list[str], weights: Path, folder: Path, tmp_path: Path) -> None:
@@ -110,7 +118,7 @@ def test_default_model_is_deblurs(serpent_cmd: list[str], weights: Path, folder:
     evaluated = subprocess.run([*serpent_cmd, "eval", str(folder), "--crop", "32", "--limit", "1", "--json"],
                                capture_output=True, text=True, env=env, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["summary"][1]["model"] == "serpent-h"
+    assert json.loads(evaluated.stdout)["summary"][-1]["model"] == "serpent-h"
     image = next(p for p in folder.iterdir() if p.suffix == ".png")
     deblurred = subprocess.run([*serpent_cmd, "deblur", str(image), "-o", str(tmp_path / "out.png"), "--json"],
                                capture_output=True, text=True, env=env, timeout=300)
@@ -148,3 +156,34 @@ def test_unusable_images_are_skipped_with_a_warning(serpent_cmd: list[str], weig
     assert proc.returncode == 0, proc.stderr
     assert "skipped 2 file(s)" in proc.stderr and "tiny.png" in proc.stderr and "truncated.jpg" in proc.stderr
     assert {r["image"] for r in json.loads(proc.stdout)["images"]} == {"good.png"}
+
+
+def test_blind_degradation_is_deterministic_and_recorded(serpent_cmd: list[str], weights: Path, folder: Path) -> None:
+    from serpent_cli.degradation_family import BLIND, describe_draw
+
+    args = (str(folder), "--model", "serpent-b", "--weights", str(weights), "--crop", "64", "--json")
+    first = _eval(serpent_cmd, *args, "--degradation", "blind")
+    second = _eval(serpent_cmd, *args, "--degradation", "blind")
+    bench = json.loads(_eval(serpent_cmd, *args).stdout)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    report = json.loads(first.stdout)
+    assert report["degradation"]["name"] == "blind" and bench["degradation"]["name"] == "benchmark"
+    assert bench["degradation"]["blur_sigma"] == 3.0 and "draws" not in bench
+    assert [d["image"] for d in report["draws"]] == sorted({r["image"] for r in report["images"]})
+    for draw in report["draws"]:
+        assert draw == {"image": draw["image"], **describe_draw(draw["image"], 0)}
+    base = {r["image"]: r["psnr"] for r in report["images"] if r["model"] == "degraded input"}
+    for key, value in base.items():
+        clean = read_rgb(folder / key)
+        _, h, w = clean.shape
+        clean = clean[:, (h - 64) // 2 : (h - 64) // 2 + 64, (w - 64) // 2 : (w - 64) // 2 + 64].contiguous()
+        degraded = BLIND(clean, generator=seeded_generator(key, 0)).clamp(0, 1)
+        a, b = clean.permute(1, 2, 0).double().numpy(), degraded.permute(1, 2, 0).double().numpy()
+        assert value == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1), abs=1e-4)
+    assert report["summary"][0]["psnr"] != bench["summary"][0]["psnr"]
+    # No kernel is known under the blind family, so no Wiener row (see serpent_cli.evaluation).
+    assert [r["model"] for r in report["summary"]] == ["degraded input", "serpent-b"] and report["wiener_k"] is None
+    bad = _eval(serpent_cmd, str(folder), "--weights", str(weights), "--degradation", "nonsense")
+    assert bad.returncode == 2 and "benchmark, blind" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -1,4 +1,4 @@
-"""`serpent degrade`: the benchmark degradation (DESIGN.md section 4), reproducible per file."""
+"""`serpent degrade`: the benchmark degradation or the blind family (DESIGN.md section 4), reproducible per file."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def degrade_command(
     blur_sigma: Annotated[float, typer.Option(help="Gaussian blur sigma in pixels.")] = 3.0,
     noise_sigma: Annotated[float, typer.Option(help="Gaussian noise sigma on the [0, 1] scale.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Global seed; noise depends on it and the file's relative path.")] = 0,
+    family: Annotated[str, typer.Option(
+        help="benchmark (the fixed blur + noise above) or blind (random blur kind, noise and JPEG per file).")]
+    = "benchmark",
     recursive: RecursiveOption = False,
     suffix: Annotated[
         str | None, typer.Option(help="Added to output names (default _degraded beside the input, none in -o DIR).")
@@ -52,18 +55,23 @@ def degrade_command(
     quality: QualityOption = 95,
     json_out: JsonOption = False,
 ) -> None:
-    """Blur and add noise (the fixed benchmark degradation), deterministically per file.
+    """Blur and add noise (the benchmark, or --family blind), deterministically per file.
 
-    The noise of a file is seeded by its path relative to the folder given (its name for a file
+    The randomness of a file is seeded by its path relative to the folder given (its name for a file
     given directly) plus --seed, the same key `serpent eval` uses: same output on every machine.
     """
-    from serpent_cli.degradation import Degradation, seeded_generator
+    from serpent_cli.degradation import Degradation
+    from serpent_cli.degradation_family import degradation_by_name, degrade_keyed
     from serpent_cli.distributed import DistContext
 
-    try:
-        degradation = Degradation(kernel_size=kernel_size, blur_sigma=blur_sigma, noise_sigma=noise_sigma)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    degradation = degradation_by_name(family)
+    if family == "benchmark":
+        try:
+            degradation = Degradation(kernel_size=kernel_size, blur_sigma=blur_sigma, noise_sigma=noise_sigma)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    elif (kernel_size, blur_sigma, noise_sigma) != (61, 3.0, 0.05):
+        raise UsageError("--kernel-size, --blur-sigma and --noise-sigma apply to --family benchmark only")
     policy = OutputPolicy(overwrite=overwrite, skip_existing=skip_existing, quality=quality)
     check_batch_options(inputs, output, policy, json_out=json_out)
 
@@ -73,8 +81,11 @@ def degrade_command(
 
     def work(job: Job) -> Result:
         def transform(pic: Picture) -> tuple[Picture, dict[str, object]]:
-            degraded = degradation(pic.to_tensor(), generator=seeded_generator(job.key, seed))
-            return pic.with_pixels(degraded.clamp(0.0, 1.0).permute(1, 2, 0).numpy()), {"key": job.key, "seed": seed}
+            degraded, draw = degrade_keyed(degradation, pic.to_tensor(), job.key, seed)
+            extra: dict[str, object] = {"key": job.key, "seed": seed, "family": family}
+            if draw:
+                extra["draw"] = draw
+            return pic.with_pixels(degraded.clamp(0.0, 1.0).permute(1, 2, 0).numpy()), extra
 
         return process_image(job, transform, policy, warn)
 

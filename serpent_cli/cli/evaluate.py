@@ -1,4 +1,4 @@
-"""`serpent eval`: PSNR / SSIM (/ LPIPS) of a model on a folder under the seeded benchmark degradation."""
+"""`serpent eval`: PSNR / SSIM (/ LPIPS) of a model on a folder under a seeded degradation (benchmark or blind)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from serpent_cli.cli.common import (
     verbosity,
     warn,
 )
-from serpent_cli.degradation import BENCHMARK, EVAL_SEED
+from serpent_cli.degradation import EVAL_SEED, check_degradation_name
 from serpent_cli.errors import UsageError, require_folder
 from serpent_cli.models import list_models
 
@@ -40,7 +40,7 @@ def _parse_tile(tile: str) -> int | None:
 
 def _round(row: dict[str, object]) -> dict[str, object]:
     """Fixed decimals so the printed numbers are identical across runs (they are computed in float64)."""
-    digits = {"psnr": 4, "ssim": 6, "lpips": 6}
+    digits = {"psnr": 4, "ssim": 6, "lpips": 6, "grid": 4}
     return {k: round(v, digits[k]) if k in digits and isinstance(v, float) else v for k, v in row.items()}
 
 
@@ -62,9 +62,15 @@ def evaluate_command(
     device: DeviceOption = "auto",
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="Compute LPIPS when it can run offline.")]
     = True,
+    degradation: Annotated[str, typer.Option(
+        help="benchmark (the paper's fixed blur + noise) or blind (the seeded real-photo family).")]
+    = "benchmark",
     threads: ThreadsOption = 0,
 ) -> None:
-    """Score a model against the clean images, with the degraded input as a baseline row."""
+    """Score a model against the clean images, beside the degraded input (and Wiener, under the benchmark).
+
+    The grid column is the patch-grid score (1.0 = no visible P x P grid; n/a for patch size 1 and U-Nets).
+    """
     if model is not None and model not in list_models():
         raise UsageError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
     if limit is not None and limit < 1:
@@ -72,17 +78,29 @@ def evaluate_command(
     if crop < 0 or 0 < crop < 11:
         raise UsageError(f"--crop must be 0 (whole image) or at least 11 pixels, got {crop}")
     tile_size = _parse_tile(tile)
+    check_degradation_name(degradation)
     require_folder(folder)
     device = check_compute_options(device, threads)
 
+    from serpent_cli.degradation_family import degradation_by_name
     from serpent_cli.device import resolve_device
-    from serpent_cli.evaluation import evaluate, load_eval_model, load_eval_set, model_restorer
+    from serpent_cli.evaluation import (
+        WIENER_NAME,
+        baseline_restorers,
+        evaluate,
+        load_eval_model,
+        load_eval_set,
+        model_restorer,
+        patch_size_of,
+    )
+    from serpent_cli.wiener import WIENER_K
 
     use_threads(threads)
+    degrader = degradation_by_name(degradation)
     dev = resolve_device(device)
     net, label = load_eval_model(model, weights)
     net = net.to(dev).eval()
-    items, skipped = load_eval_set(folder, seed=seed, crop=crop or None, limit=limit)
+    items, skipped = load_eval_set(folder, seed=seed, crop=crop or None, limit=limit, degradation=degrader)
     if skipped:
         warn(f"skipped {len(skipped)} file(s) (not images, unreadable, or under 11x11 px): "
              + ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
@@ -93,28 +111,33 @@ def evaluate_command(
         if show:
             err_console.print(f"  {done}/{total}", end="\r")
 
-    report = evaluate(items, {label: model_restorer(net, dev, tile=tile_size, overlap=tile_overlap)},
-                      folder=str(folder), seed=seed, use_lpips=lpips, progress=progress)
+    restorers = baseline_restorers(degrader) | {label: model_restorer(net, dev, tile=tile_size, overlap=tile_overlap)}
+    report = evaluate(items, restorers, folder=str(folder), seed=seed, use_lpips=lpips, progress=progress,
+                      patches={label: patch_size_of(net)})
     if as_json:
         payload = {
             "folder": str(folder), "seed": seed, "model": label,
             "weights": str(weights) if weights else "registered",
-            "degradation": {"blur_kernel": BENCHMARK.kernel_size, "blur_sigma": BENCHMARK.blur_sigma,
-                            "noise_sigma": BENCHMARK.noise_sigma},
+            "degradation": degrader.describe(),
+            "wiener_k": WIENER_K if WIENER_NAME in restorers else None,
             "lpips": None if report.lpips_reason is None else report.lpips_reason,
             "summary": [_round(r) for r in report.summary],
             "images": [_round(r) for r in report.rows],
         }
+        if any(item.draw for item in items):
+            payload["draws"] = [{"image": item.key, **item.draw} for item in items]
         print(json.dumps(payload, indent=2))
         return
-    table = Table(title=f"{folder} ({len(items)} images, seeded degradation, seed {seed})")
+    table = Table(title=f"{folder} ({len(items)} images, seeded {degradation} degradation, seed {seed})")
     table.add_column("model")
     table.add_column("PSNR dB", justify="right")
     table.add_column("SSIM", justify="right")
     table.add_column("LPIPS", justify="right")
+    table.add_column("grid", justify="right")
     for row in report.summary:
         lp = f"{row['lpips']:.4f}" if "lpips" in row else "n/a"
-        table.add_row(str(row["model"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", lp)
+        grid = f"{row['grid']:.3f}" if isinstance(row.get("grid"), float) else "n/a"
+        table.add_row(str(row["model"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", lp, grid)
     out_console.print(table)
     if report.lpips_reason and lpips:
         out_console.print(report.lpips_reason)

@@ -11,7 +11,8 @@ from serpent_cli.cli.common import DeviceOption, ThreadsOption, check_compute_op
 
 
 def train_command(
-    data: Annotated[list[Path], typer.Argument(help="Folders of clean training images (read recursively).")],
+    data: Annotated[list[Path], typer.Argument(
+        help="Folder(s) of clean training images (read recursively; several are used together).")],
     model: Annotated[str, typer.Option("--model", "-m", help="serpent-b, serpent-l, serpent-h or unet-32/64/128.")]
     = "serpent-b",
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, model.safetensors.")]
@@ -52,9 +53,12 @@ def train_command(
     rotate: Annotated[bool, typer.Option(help="Random 90-degree rotations besides the flips.")] = True,
     cache_mb: Annotated[float, typer.Option(help="Memory for decoded training images, MiB (least recently used out).")]
     = 2048.0,
+    degradation: Annotated[str, typer.Option(
+        help="benchmark (Gaussian sigma 3 + noise 0.05, the paper's) or blind (random blur kinds, noise, JPEG).")]
+    = "benchmark",
     threads: ThreadsOption = 0,
 ) -> None:
-    """Train a model on a folder of clean photos (on-the-fly blur + noise); torchrun for several GPUs."""
+    """Train a model on folders of clean photos (on-the-fly degradation); torchrun for several GPUs."""
     from serpent_cli.errors import require_folder
 
     # What can be checked without torch first: a typo'd path or option answers at once.
@@ -74,6 +78,7 @@ def train_command(
         val_crop=val_crop or None, val_limit=val_limit, save_every=save_every, keep=keep, log_every=log_every,
         seed=seed, workers=workers, device=device, precision=precision, resume=resume, init=init,
         lr_schedule=lr_schedule, warmup=warmup, clip_grad=clip_grad, rotate=rotate, cache_mb=cache_mb,
+        degradation=degradation,
     )
     result = train(opts, RichReporter(log_every), warn)
     if result.is_main:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -17,7 +18,8 @@ import sys
 import time
 
 
-def measure(variant: str, size: int, threads: int, repeats: int) -> dict[str, float | str | int]:
+def measure(variant: str, size: int, threads: int, repeats: int,
+            state_divisor: float | None = None) -> dict[str, float | str | int]:
     import torch
 
     from serpent_cli import create_model
@@ -25,7 +27,8 @@ def measure(variant: str, size: int, threads: int, repeats: int) -> dict[str, fl
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = create_model(variant).eval()
+    overrides = {"state_divisor": state_divisor} if state_divisor and variant.startswith("serpent") else {}
+    model = create_model(variant, **overrides).eval()
     image = torch.rand(1, 3, size, size)
     times = []
     with torch.inference_mode():
@@ -38,7 +41,8 @@ def measure(variant: str, size: int, threads: int, repeats: int) -> dict[str, fl
         "variant": variant,
         "size": size,
         "threads": threads,
-        "backend": resolve_backend("auto", "cpu"),
+        "backend": resolve_backend("auto", "cpu") if variant.startswith("serpent") else "-",
+        "state_divisor": getattr(getattr(model, "config", None), "state_divisor", None),
         "median_s": sorted(times)[len(times) // 2],
         "min_s": min(times),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -47,22 +51,27 @@ def measure(variant: str, size: int, threads: int, repeats: int) -> dict[str, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["serpent-b", "serpent-l", "serpent-h"])
+    parser.add_argument("--variants", nargs="+", default=["serpent-b", "serpent-l", "serpent-h", "unet-32"])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backend", default="auto", help="scan backend: auto (numba on CPU), numba or torch")
+    parser.add_argument("--state-divisor", type=float, help="override the Serpent state size reading (6: N = c/6)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant in this process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.size, args.threads, args.repeats)))
+        print(json.dumps(measure(args.one, args.size, args.threads, args.repeats, args.state_divisor)))
         return
     rows = []
     print(f"{'variant':<10} {'size':>5} {'median s':>9} {'min s':>7} {'peak RSS MiB':>13}")
     for variant in args.variants:
         cmd = [sys.executable, __file__, "--one", variant, "--size", str(args.size),
                "--threads", str(args.threads), "--repeats", str(args.repeats)]
-        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        if args.state_divisor:
+            cmd += ["--state-divisor", str(args.state_divisor)]
+        env = {**os.environ, "SERPENT_SCAN_BACKEND": "" if args.backend == "auto" else args.backend}
+        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
         rows.append(row)
         print(f"{variant:<10} {args.size:>5} {row['median_s']:>9.2f} {row['min_s']:>7.2f} {row['peak_rss_mib']:>13.0f}")
     if args.json:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -20,7 +21,8 @@ import sys
 import time
 
 
-def measure(variant: str, size: int, batch: int, threads: int, steps: int) -> dict[str, float | str | int]:
+def measure(variant: str, size: int, batch: int, threads: int, steps: int,
+            state_divisor: float | None = None) -> dict[str, float | str | int]:
     import torch
     import torch.nn.functional as F
 
@@ -28,7 +30,8 @@ def measure(variant: str, size: int, batch: int, threads: int, steps: int) -> di
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = create_model(variant).train()
+    overrides = {"state_divisor": state_divisor} if state_divisor and variant.startswith("serpent") else {}
+    model = create_model(variant, **overrides).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     target = torch.rand(batch, 3, size, size, generator=gen)
@@ -67,18 +70,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--backend", default="auto", help="scan backend: auto (numba on CPU), numba or torch")
+    parser.add_argument("--state-divisor", type=float, help="override the Serpent state size reading (6: N = c/6)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant in this process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.size, args.batch, args.threads, args.steps)))
+        print(json.dumps(measure(args.one, args.size, args.batch, args.threads, args.steps, args.state_divisor)))
         return
     rows = []
     print(f"{'variant':<10} {'size':>5} {'batch':>5} {'median s':>9} {'min s':>7} {'cpu s':>7} {'peak RSS MiB':>13}")
     for variant in args.variants:
         cmd = [sys.executable, __file__, "--one", variant, "--size", str(args.size), "--batch", str(args.batch),
                "--threads", str(args.threads), "--steps", str(args.steps)]
-        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        if args.state_divisor:
+            cmd += ["--state-divisor", str(args.state_divisor)]
+        env = {**os.environ, "SERPENT_SCAN_BACKEND": "" if args.backend == "auto" else args.backend}
+        row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
         rows.append(row)
         print(f"{variant:<10} {args.size:>5} {args.batch:>5} {row['median_s']:>9.3f} {row['min_s']:>7.3f} "
               f"{row['median_cpu_s']:>7.3f} {row['peak_rss_mib']:>13.0f}")

@@ -45,6 +45,7 @@ SHA256_PINS: dict[str, str | None] = {
     "serpent-b": "f7d9c6ba4f73b5409f545b7020120616c555586a380d4ca099432cde501ae8c9",
     "serpent-l": "2917409e36dd01545400dd44e168f4c953e36192bb0864f6036fd224fb6025d7",
     "serpent-h": "0cd722c6579ee83ead40a54a5d97b1870fdad522da106e4a1a2ff60bf6c061f1",
+    "serpent-l-blind": None,
 }
 
 # `serpent eval` (PSNR dB / SSIM) of the bundled weights on the first 4 images of each test set,

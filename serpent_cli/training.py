@@ -57,7 +57,7 @@ from serpent_cli.weights import save_model
 
 STATE_FORMAT = "serpent-train-state"
 STATE_VERSION = 1
-TRAINABLE = ("serpent-b", "serpent-l", "serpent-h", "unet-32", "unet-64", "unet-128")
+TRAINABLE = ("serpent-b", "serpent-l", "serpent-h", "serpent-l-blind", "unet-32", "unet-64", "unet-128")
 SCHEDULES = ("cosine", "constant")
 MIN_LR_RATIO = 0.01  # the cosine ends at this fraction of the peak learning rate
 LOG_FIELDS = ("step", "epoch", "loss", "train_psnr", "lr", "grad_norm", "it_s", "val_psnr", "val_ssim",

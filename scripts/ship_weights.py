@@ -5,16 +5,19 @@
 The shipped file keeps the variant config in its header and adds how it was trained (from the run's
 ``run.json``: steps, crop, batch, learning rate, seed, device; the data folder by name only, no local path)
 and the last validation PSNR/SSIM from ``log.csv``.  Then run ``python -m serpent_cli.registry`` and paste
-the printed sha256 lines into ``serpent_cli/registry.py``.
+the printed sha256 lines into ``serpent_cli/registry.py``; the last line printed here (the gain and grid
+score on the two reference photos) goes into ``REFERENCE_CHECKS`` there.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
+from serpent_cli.evaluation import reference_check
 from serpent_cli.weights import load_model, save_model
 
 RECIPE_KEYS = ("model", "steps", "crop", "batch_size", "lr_used", "ema", "loss", "seed", "device", "world_size")
@@ -43,6 +46,10 @@ def main(argv: list[str]) -> int:
     run, out = Path(argv[1]), Path(argv[2])
     save_model(load_model(run / "model.safetensors"), out, metadata={"training": training_metadata(run)})
     print(out)
+    # What the shipped (fp16) file does to the reference photos: paste into registry.REFERENCE_CHECKS.
+    data = Path(os.environ.get("SERPENT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    shipped = load_model(out)
+    print(f'    "{shipped.config.name}": {json.dumps(reference_check(shipped, data))},')
     return 0
 
 

@@ -198,3 +198,31 @@ def evaluate(items: list[EvalImage], models: dict[str, Restore], *, folder: str 
                 entry[metric] = None if None in values else _mean(values)
         report.summary.append(entry)
     return report
+
+
+REFERENCE_PHOTOS = ("kodak24/kodim03.png", "kodak24/kodim23.png")
+"""Two real photos (paths under the shared data root) that pin what each shipped weights file does."""
+REFERENCE_CROP = 256
+
+
+def reference_check(model: nn.Module, data_root: Path) -> dict[str, dict[str, float | None]]:
+    """Gain in PSNR (dB) over the degraded input and grid score, per reference photo (centre crops).
+
+    Recorded in the registry when weights ship (``scripts/ship_weights.py``) and checked by a test:
+    a changed kernel, loader or config that silently degrades a shipped model shows up as a changed
+    gain.  The benchmark degradation, seeded by the photo's path, like ``serpent eval``.
+    """
+    items = []
+    for key in REFERENCE_PHOTOS:
+        clean = center_crop(read_rgb(Path(data_root) / key), REFERENCE_CROP).contiguous()
+        degraded, draw = degrade_keyed(BENCHMARK, clean, key, EVAL_SEED)
+        items.append(EvalImage(key, clean, degraded, draw))
+    name = "model"
+    report = evaluate(items, {name: model_restorer(model, torch.device("cpu"))}, use_lpips=False,
+                      patches={name: patch_size_of(model)})
+    rows = {(r["image"], r["model"]): r for r in report.rows}
+    return {
+        key: {"gain_db": round(float(rows[key, name]["psnr"]) - float(rows[key, BASELINE_NAME]["psnr"]), 3),
+              "grid": None if rows[key, name]["grid"] is None else round(float(rows[key, name]["grid"]), 3)}
+        for key in REFERENCE_PHOTOS
+    }

@@ -77,6 +77,18 @@ METRICS: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 
+# What each shipped file does to the two reference photos (serpent_cli.evaluation.REFERENCE_PHOTOS, 256 px
+# centre crops, benchmark degradation): PSNR gain over the degraded input (dB) and patch-grid score.
+# scripts/ship_weights.py prints these lines; tests/test_shipped_weights.py holds every bundled file to them.
+REFERENCE_CHECKS: dict[str, dict[str, dict[str, float | None]]] = {
+    "serpent-b": {"kodak24/kodim03.png": {"gain_db": 0.693, "grid": 1.017},
+                  "kodak24/kodim23.png": {"gain_db": 0.759, "grid": 1.013}},
+    "serpent-l": {"kodak24/kodim03.png": {"gain_db": 2.966, "grid": 1.431},
+                  "kodak24/kodim23.png": {"gain_db": 3.054, "grid": 1.401}},
+    "serpent-h": {"kodak24/kodim03.png": {"gain_db": 2.546, "grid": None},
+                  "kodak24/kodim23.png": {"gain_db": 2.261, "grid": None}},
+}
+
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -1,0 +1,36 @@
+"""Every bundled weights file still restores real photos as well as when it was shipped.
+
+A changed scan kernel, loader, config default or degradation that silently degrades a shipped model
+changes its gain on the reference photos; the registry holds the figures recorded at shipping time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from serpent_cli import create_model
+from serpent_cli.evaluation import REFERENCE_PHOTOS, reference_check
+from serpent_cli.registry import REFERENCE_CHECKS, SHA256_PINS
+from serpent_cli.weights import bundled_weights_dir
+
+BUNDLED = [name for name in SHA256_PINS if (bundled_weights_dir() / f"{name}.safetensors").is_file()]
+
+
+def test_every_bundled_file_has_recorded_figures() -> None:
+    assert BUNDLED, "no bundled weights found"
+    for name in BUNDLED:
+        assert set(REFERENCE_CHECKS.get(name, {})) == set(REFERENCE_PHOTOS), name
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_weights_restore_as_recorded(name: str, data_dir: Path) -> None:
+    torch.manual_seed(0)
+    got = reference_check(create_model(name, pretrained=True), data_dir)
+    for photo, want in REFERENCE_CHECKS[name].items():
+        assert got[photo]["gain_db"] == pytest.approx(want["gain_db"], abs=0.3), (name, photo, got[photo])
+        assert got[photo]["gain_db"] > 0, f"{name} makes {photo} worse than the degraded input"
+        if want["grid"] is not None:
+            assert got[photo]["grid"] == pytest.approx(want["grid"], abs=0.05), (name, photo, got[photo])

@@ -248,6 +248,7 @@ def scan_backward(  # type: ignore[no-untyped-def]
         g = np.empty((n_state, block), dtype)
         gA = np.empty((n_state, block), dtype)
         states = np.empty((segment + 1, n_state, block), dtype)
+        decays = np.empty((segment, n_state, block), dtype)  # exp(delta A) of the recompute, reused
         dts = np.empty((segment, block), dtype)
         sigs = np.empty((segment, block), dtype)
         du = np.empty(block, dtype)
@@ -298,8 +299,11 @@ def scan_backward(  # type: ignore[no-untyped-def]
                         arow = a2[n]
                         prev = states[i, n]
                         nxt = states[i + 1, n]
+                        decay_row = decays[i, n]
                         for e in range(block):
-                            nxt[e] = fast_exp2(dtrow[e] * arow[e]) * prev[e] + du[e] * bn
+                            a = fast_exp2(dtrow[e] * arow[e])
+                            decay_row[e] = a
+                            nxt[e] = a * prev[e] + du[e] * bn
                 # 2. The adjoint, backwards through the segment.
                 for t in range(t1 - 1, t0 - 1, -1):
                     i = t - t0
@@ -318,7 +322,7 @@ def scan_backward(  # type: ignore[no-untyped-def]
                     for n in range(n_state):
                         bn = brow[n]
                         cn = crow[n]
-                        arow = a2[n]
+                        decrow = decays[i, n]
                         akrow = ak[n]
                         grow = g[n]
                         garow = gA[n]
@@ -327,7 +331,7 @@ def scan_backward(  # type: ignore[no-untyped-def]
                         acc_b = zero
                         acc_c = zero
                         for e in range(block):
-                            a = fast_exp2(dtrow[e] * arow[e])
+                            a = decrow[e]
                             gn = grow[e] + cn * gyrow[e]
                             acc_c += cur[e] * gyrow[e]
                             acc_b += gn * du[e]

@@ -431,7 +431,7 @@ def main(target: str) -> int:
         folder = Path(tmp)
         if target == "images":
             seeds = image_seeds(data)
-            run: Callable[[StderrWatch], None] = lambda w: fuzz_images(seeds, w, EXAMPLES or 1500)  # noqa: E731
+            run: Callable[[StderrWatch], None] = lambda w: fuzz_images(seeds, w, EXAMPLES or 3000)  # noqa: E731
         else:
             seed = weights_seed(folder)
             run = lambda w: fuzz_weights(seed, folder, w, EXAMPLES or 600)  # noqa: E731

@@ -223,8 +223,12 @@ def check_existing(output: str, *, overwrite: bool, skip_existing: bool) -> str 
     if skip_existing:
         return "skip"
     if not overwrite:
-        raise SerpentError(f"output {output} exists; pass --overwrite to replace it or --skip-existing to keep it")
+        raise SerpentError(_exists_message(output))
     return None
+
+
+def _exists_message(output: str) -> str:
+    return f"output {output} exists; pass --overwrite to replace it or --skip-existing to keep it"
 
 
 @dataclass(frozen=True)
@@ -260,7 +264,7 @@ def process_image(job: Job, transform: Transform, policy: OutputPolicy, warn: Ca
     ``transform`` returns the new picture and extra fields for the job's result.  Existing outputs are
     skipped or refused per ``policy`` before anything is read.
     """
-    from serpent_cli.imageio import EXTENSION_BY_FORMAT, format_for, read_picture, write_picture
+    from serpent_cli.imageio import EXTENSION_BY_FORMAT, OutputExistsError, format_for, read_picture, write_picture
 
     assert job.output is not None
     if check_existing(job.output, overwrite=policy.overwrite, skip_existing=policy.skip_existing) == "skip":
@@ -275,7 +279,12 @@ def process_image(job: Job, transform: Transform, policy: OutputPolicy, warn: Ca
         notes = write_picture(out, sys.stdout.buffer, fmt=fmt, jpeg_quality=policy.quality)
     else:
         format_for(job.output)
-        notes = write_picture(out, Path(job.output), jpeg_quality=policy.quality)
+        try:  # published only if the name is still free: a concurrent run may have written it meanwhile
+            notes = write_picture(out, Path(job.output), jpeg_quality=policy.quality, overwrite=policy.overwrite)
+        except OutputExistsError:
+            if policy.skip_existing:
+                return Result(path=job.source, output=job.output, status="skipped")
+            raise SerpentError(_exists_message(job.output)) from None
     for note in notes:
         warn(f"{job.output}: {note}")
     return Result(path=job.source, output=job.output, size=[pic.width, pic.height], status="ok", extra=extra)

@@ -11,9 +11,15 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
+TIMEOUT_ENV = "SERPENT_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,43 @@ def init_distributed(device_type: str = "cpu") -> DistContext:
         backend = "nccl" if device_type == "cuda" and dist.is_nccl_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(ctx.local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=collective_timeout())
     return ctx
+
+
+def collective_timeout() -> timedelta:
+    """How long a rank waits in a collective for the others (``SERPENT_DIST_TIMEOUT`` s, default 30 min).
+
+    Why: a rank that dies without a word (killed, crashed) must not hold the others forever; the wait
+    stays long enough for rank 0 to validate or checkpoint while the others wait at a barrier.
+    """
+    try:
+        seconds = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    except ValueError:
+        seconds = DEFAULT_TIMEOUT_S
+    return timedelta(seconds=seconds if seconds > 0 else DEFAULT_TIMEOUT_S)
+
+
+def agree_on_problem(problem: str | None, ctx: DistContext, device: torch.device | None = None) -> str | None:
+    """Every rank learns whether any rank has a problem this step, and rank 0 learns what it is.
+
+    Why: a rank that stops alone leaves the others waiting in their next collective.  All ranks call
+    this at the same point of every step; one all-reduce of a flag is cheap, and the text is
+    gathered only when something went wrong.  Returns the first problem (``"rank R: ..."``) or None.
+    """
+    if not ctx.is_distributed:
+        return problem
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return problem
+    flag = torch.tensor([0.0 if problem is None else 1.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() == 0.0:
+        return None
+    texts = gather_objects(problem, ctx)
+    return next(f"rank {rank}: {text}" for rank, text in enumerate(texts) if text is not None)
 
 
 def shard(items: Sequence[T], ctx: DistContext) -> list[T]:

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -38,7 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from serpent_cli import atomic
-from serpent_cli.errors import SerpentError
+from serpent_cli.errors import SerpentError, first_line
 from serpent_cli.formats import EXTENSION_BY_FORMAT, FORMAT_BY_EXTENSION, IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
@@ -83,6 +85,10 @@ class ImageReadError(SerpentError):
 
 class ImageWriteError(SerpentError):
     """An output cannot be encoded or written (nothing was left behind)."""
+
+
+class OutputExistsError(ImageWriteError):
+    """The output appeared while it was being made (another process wrote it); it was left alone."""
 
 
 @dataclass
@@ -174,24 +180,44 @@ def read_picture(source: Path | str | bytes, *, name: str | None = None) -> Pict
     if not data:
         raise ImageReadError(f"{label}: empty file, not an image")
     try:
-        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            pic = _read_tiff(data, label)
-        elif data[:8] == _PNG_SIGNATURE and _png_bit_depth(data) == 16:
-            pic = _read_png16(data, label)
-        else:
-            pic = _read_pillow(data, label)
+        with _quiet_decoders():
+            if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                pic = _read_tiff(data, label)
+            elif data[:8] == _PNG_SIGNATURE and _png_bit_depth(data) == 16:
+                pic = _read_png16(data, label)
+            else:
+                pic = _read_pillow(data, label)
     except ImageReadError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, RuntimeError, KeyError, IndexError, struct.error) as exc:
+    except MemoryError:
+        raise ImageReadError(f"{label}: not enough memory to decode this image") from None
+    except Exception as exc:  # decoders fed corrupt bytes raise anything (tifffile: TypeError); all mean "unreadable"
         raise ImageReadError(
             f"{label}: cannot decode image ({_short(exc)}); the file may be truncated or corrupt"
         ) from None
     return pic
 
 
+@contextlib.contextmanager
+def _quiet_decoders() -> Iterator[None]:
+    """Silence decoder chatter (tifffile's log lines, Pillow's warnings) while one file is read.
+
+    A bad file gets exactly one line, ours; the libraries' own remarks about the same bytes would
+    only interleave with it on stderr.
+    """
+    tiff_log = logging.getLogger("tifffile")
+    was_disabled = tiff_log.disabled
+    tiff_log.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        tiff_log.disabled = was_disabled
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    return first_line(exc)
 
 
 def _check_size(label: str, width: int, height: int) -> None:
@@ -300,12 +326,31 @@ def _read_png16(data: bytes, label: str) -> Picture:
         exif_obj = img.getexif()
         icc = img.info.get("icc_profile") or None
     try:
-        arr = imagecodecs.png_decode(data)
+        with _c_stderr_silenced():
+            arr = imagecodecs.png_decode(data)
     except Exception as exc:  # imagecodecs raises its own PngError types
         raise ImageReadError(f"{label}: cannot decode 16-bit PNG ({_short(exc)}); the file may be truncated") from None
     if arr.dtype != np.uint16:
         arr = arr.astype(np.uint16) * 257
     return _split_channels(arr, label, 16, "PNG", icc, exif_obj)
+
+
+@contextlib.contextmanager
+def _c_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for one C call: libpng prints its warnings there itself."""
+    try:
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stderr to protect, or no descriptors left: decode without silencing
+        yield
+        return
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _split_channels(
@@ -475,26 +520,32 @@ def _encode_tiff(arr: np.ndarray, pic: Picture) -> bytes:
     return buf.getvalue()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically; an OS error becomes one clear :class:`ImageWriteError`."""
+def write_bytes_atomic(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically; an OS error becomes one clear :class:`ImageWriteError`.
+
+    ``overwrite=False``: an existing ``path`` is kept and :class:`OutputExistsError` raised.
+    """
     path = Path(path)
     try:
-        atomic.write_bytes_atomic(path, data)
+        atomic.write_bytes_atomic(path, data, replace=overwrite)
+    except FileExistsError:
+        raise OutputExistsError(f"output {path} exists (written by another process meanwhile)") from None
     except OSError as exc:
         raise ImageWriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def write_picture(
-    pic: Picture, dest: Path | BinaryIO, *, fmt: str | None = None, jpeg_quality: int = 95
+    pic: Picture, dest: Path | BinaryIO, *, fmt: str | None = None, jpeg_quality: int = 95, overwrite: bool = True
 ) -> list[str]:
     """Encode and write ``pic`` atomically to a path (format from its extension) or to a stream.
 
-    Returns fidelity warnings (e.g. 16-bit written to an 8-bit format).
+    Returns fidelity warnings (e.g. 16-bit written to an 8-bit format).  ``overwrite=False`` never
+    replaces an existing file (:class:`OutputExistsError`), even one another process has just written.
     """
     if isinstance(dest, (str, Path)):
         fmt = fmt or format_for(dest)
         data, notes = encode_picture(pic, fmt, jpeg_quality=jpeg_quality)
-        write_bytes_atomic(Path(dest), data)
+        write_bytes_atomic(Path(dest), data, overwrite=overwrite)
         return notes
     data, notes = encode_picture(pic, fmt or pic.format, jpeg_quality=jpeg_quality)
     dest.write(data)
@@ -509,6 +560,7 @@ __all__ = [
     "MIN_SIDE",
     "ImageReadError",
     "ImageWriteError",
+    "OutputExistsError",
     "Picture",
     "encode_picture",
     "format_for",

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import io
 import json
 import math
 import re
@@ -50,7 +52,7 @@ from serpent_cli.atomic import write_atomic
 from serpent_cli.data import RandomCropDataset, SampleRange, scan_image_folder, scan_image_folders
 from serpent_cli.degradation_family import degradation_by_name
 from serpent_cli.device import resolve_device, resolve_precision
-from serpent_cli.errors import SerpentError, UsageError
+from serpent_cli.errors import ReportedByAnotherRank, SerpentError, UsageError, first_line
 from serpent_cli.evaluation import BASELINE_NAME, EvalImage, evaluate, load_eval_set, model_restorer
 from serpent_cli.models import create_model, list_models
 from serpent_cli.weights import save_model
@@ -234,21 +236,94 @@ def state_files(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """A training state, read without unpickling code (``weights_only``); raises on a bad file."""
+    """A training state, read without unpickling code (``weights_only``); raises on a bad file.
+
+    States carry a digest of their contents: ``torch.load`` does not check the zip's CRCs, so without
+    it a flipped bit in a tensor would load silently and training would go on from damaged weights.
+    """
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError("not a serpent training state")
+    if "digest" in state and state["digest"] != state_digest(state):
+        raise ValueError("contents do not match their digest")
     return state
 
 
+class _WriteErrorKeeper(io.RawIOBase):
+    """A file for torch.save that remembers the OSError of a failed write (torch reports only its own text)."""
+
+    def __init__(self, fh: io.BufferedWriter) -> None:
+        super().__init__()
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
+def _torch_save(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save``; a failed write raises its OSError (disk full, file too large), which says why."""
+    with open(path, "wb") as fh:
+        keeper = _WriteErrorKeeper(fh)
+        try:
+            torch.save(payload, keeper)
+        except RuntimeError:
+            if keeper.error is not None:
+                raise keeper.error from None
+            raise
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """sha256 over every value of a training state except the digest itself."""
+    h = hashlib.sha256()
+
+    def feed(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy())
+        elif isinstance(obj, dict):
+            h.update(b"{")
+            for key in sorted(obj, key=repr):
+                feed(key)
+                feed(obj[key])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for item in obj:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(repr(obj).encode())
+
+    feed({k: v for k, v in state.items() if k != "digest"})
+    return h.hexdigest()
+
+
 def latest_state(run_dir: Path, warn: Any = None) -> dict[str, Any] | None:
-    """The newest state in ``run_dir`` that loads cleanly (older ones are tried if one is damaged)."""
+    """The newest state in ``run_dir`` that loads cleanly (older ones are tried if one is damaged).
+
+    A damaged state is renamed to ``*.corrupt``: left in place it would count as the newest one and
+    pruning would delete the good states the run continues from.
+    """
     for _, path in state_files(run_dir):
         try:
             return load_state(path) | {"_path": str(path)}
         except Exception as exc:  # damaged by something outside our control: fall back, say so
+            aside = path.with_name(path.name + ".corrupt")
+            with contextlib.suppress(OSError):
+                path.replace(aside)
             if warn is not None:
-                warn(f"skipping unreadable training state {path.name} ({type(exc).__name__}); trying an older one")
+                reason = first_line(exc, 120)
+                warn(f"training state {path.name} is truncated or corrupt ({reason}); moved it to {aside.name} "
+                     f"and trying an older one")
     return None
 
 
@@ -516,9 +591,23 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             "best_val_psnr": best, "options": json.dumps(asdict(opts)),
             "elapsed_s": prior_elapsed + time.perf_counter() - t0,
         }
-        write_atomic(ckpt / f"state-{step:08d}.pt", lambda tmp: torch.save(payload, tmp))
+        payload["digest"] = state_digest(payload)
+        write_atomic(ckpt / f"state-{step:08d}.pt", lambda tmp: _torch_save(payload, tmp))
         save_weights(ema_model, run_dir / "model.safetensors", m)
         _prune(run_dir, opts.keep)
+
+    def save_or_explain(step: int) -> None:
+        """:func:`save`, or one line saying the write failed; the previous checkpoint stays loadable."""
+        try:
+            save(step)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+            if not (run_dir / "checkpoints" / f"state-{step:08d}.pt").exists():
+                (run_dir / "checkpoints" / f"step-{step:08d}.safetensors").unlink(missing_ok=True)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+            older = [s for s, _ in state_files(run_dir) if s < step]
+            kept = f"the checkpoint of step {older[0]} is intact" if older else "no earlier checkpoint exists"
+            raise SerpentError(f"cannot write the checkpoint of step {step} in {run_dir} ({reason}); {kept}; "
+                               f"free space and continue with --resume") from None
 
     def run_validation(step: int) -> dict[str, float]:
         nonlocal best
@@ -547,13 +636,20 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
         for degraded, clean in loader:
             degraded = degraded.to(device, non_blocking=True)
             clean = clean.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-                out = net(degraded)
-            out = out.float()
-            loss = F.l1_loss(out, clean) if opts.loss == "l1" else F.mse_loss(out, clean)
-            if not torch.isfinite(loss):
-                raise SerpentError(f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr "
-                                   f"or resume from the last checkpoint with --resume")
+            try:
+                with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+                    out = net(degraded)
+                out = out.float()
+                loss = F.l1_loss(out, clean) if opts.loss == "l1" else F.mse_loss(out, clean)
+                problem = None if torch.isfinite(loss) else (
+                    f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr "
+                    f"or resume from the last checkpoint with --resume")
+            except RuntimeError as exc:  # e.g. out of memory on this rank only
+                problem = f"step {step + 1} failed: {first_line(exc, 200)}"
+            # Every rank stops at the same step when any one has a problem, so none waits for the others forever.
+            problem = dist_util.agree_on_problem(problem, ctx, device)
+            if problem is not None:
+                raise SerpentError(problem) if main else ReportedByAnotherRank(problem)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opts.clip_grad > 0:
@@ -596,7 +692,7 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             reporter.step(step, {"loss": float(loss.detach()), "it_s": it_s} | {k: v for k, v in row.items()
                                                                                   if k in ("train_psnr", "val_psnr")})
             if step % opts.save_every == 0 or step == total or stop.requested:
-                save(step)
+                save_or_explain(step)
             if sync:
                 dist_util.barrier(ctx)
             if stop.requested:
@@ -608,7 +704,7 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     if main and step == start_step and state is not None:
         reporter.message(f"already at step {step} of {total}; nothing to do (raise --steps to train longer)")
         if not (run_dir / "model.safetensors").is_file():
-            save(step)
+            save_or_explain(step)
     if log is not None:
         log.close()
     if tb is not None:

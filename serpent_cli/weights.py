@@ -11,8 +11,10 @@ training) are checked structurally only, since no pin can exist for them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,24 @@ from torch import nn
 
 from serpent_cli.atomic import write_atomic
 from serpent_cli.config import CONFIG_FORMAT_VERSION, VARIANTS, SerpentConfig
-from serpent_cli.errors import WeightsError
+from serpent_cli.errors import WeightsError, first_line
 from serpent_cli.registry import sha256_file
 
 FORMAT_NAME = "serpent-weights"
 FORMAT_VERSION = "1"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_PARAMS_ENV = "SERPENT_MAX_PARAMS"
+DEFAULT_MAX_PARAMS = 500_000_000  # 2 GB of fp32; the largest network we ship or compare with (U-Net-128) has 124 M
+
+# Sane ranges for the values a weights header may ask for.  Why: the header is untrusted input, and
+# every real variant sits far inside these, so a value outside is a corrupt or hostile file; it is
+# refused with one line before anything is built.  The parameter bound below catches combinations.
+SERPENT_INT_RANGES = {"patch_size": (1, 16), "embed_dim": (1, 1024), "in_chans": (1, 4), "num_scales": (1, 8),
+                      "blocks_per_stage": (1, 64), "expand": (1, 16), "d_conv": (1, 31),
+                      "dt_rank_divisor": (1, 4096)}
+SERPENT_FLOAT_RANGES = {"state_divisor": (0.01, 4096.0), "dt_min": (1e-9, 10.0), "dt_max": (1e-9, 10.0),
+                        "norm_eps": (1e-12, 1.0)}
+UNET_INT_RANGES = {"channels": (1, 1024), "depth": (1, 8), "in_chans": (1, 4)}
 
 
 WEIGHTS_DIR_ENV = "SERPENT_WEIGHTS_DIR"
@@ -64,12 +78,70 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise WeightsError(f"weights file not found: {path}") from None
     except IsADirectoryError:
         raise WeightsError(f"{path} is a directory, not a weights file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8, bad JSON, or JSON nested deep enough to exhaust the stack
         raise WeightsError(f"{path}: not a safetensors file (unreadable header)") from None
-    if not isinstance(header, dict):
+    meta = (header.get("__metadata__") or {}) if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
         raise WeightsError(f"{path}: not a safetensors file (unreadable header)")
-    meta = header.get("__metadata__") or {}
     return {str(k): str(v) for k, v in meta.items()}
+
+
+def max_params() -> int:
+    """The largest network a weights file may describe (``SERPENT_MAX_PARAMS`` overrides 500 M)."""
+    try:
+        return int(os.environ.get(MAX_PARAMS_ENV, DEFAULT_MAX_PARAMS))
+    except ValueError:
+        return DEFAULT_MAX_PARAMS
+
+
+def check_config_values(data: object, ints: dict[str, tuple[int, int]],
+                        floats: dict[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """``data`` (a parsed config) if every known field has a sane type and value, else a ValueError saying which.
+
+    Fields not listed are left to the config class (it rejects unknown names).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    for name, (low, high) in ints.items():
+        value = data.get(name, low)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} = {_clip(value)} is outside {low}..{high}")
+    for name, (low, high) in (floats or {}).items():
+        value = data.get(name, low)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"{name} = {_clip(value)} is outside {low:g}..{high:g}")
+    if "name" in data and not (isinstance(data["name"], str) and len(data["name"]) <= 200):
+        raise ValueError("name must be a string of at most 200 characters")
+    return data
+
+
+def _clip(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (int, float, str, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def build_bounded(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()``, once its parameter count is known to be within :func:`max_params`.
+
+    Why: a header can ask for a network of any size; building it first on the meta device costs no
+    memory and gives the exact count from the same code that builds the real one.
+    """
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except (ValueError, TypeError, ArithmeticError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: invalid config in weights metadata ({first_line(exc)})") from None
+    count = sum(t.numel() for t in probe.parameters()) + sum(t.numel() for t in probe.buffers())
+    limit = max_params()
+    if count > limit:
+        raise WeightsError(f"{path}: its config describes a network of {count / 1e6:,.0f} M parameters, over the "
+                           f"{limit / 1e6:,.0f} M limit; the file is corrupt or not a serpent model "
+                           f"(raise {MAX_PARAMS_ENV} if it is genuine)")
+    try:
+        return build()
+    except MemoryError:
+        raise WeightsError(f"{path}: not enough memory to build its {count / 1e6:,.1f} M-parameter network") from None
 
 
 def read_config(path: Path) -> SerpentConfig:
@@ -83,8 +155,9 @@ def read_config(path: Path) -> SerpentConfig:
             f"(this serpent reads version {FORMAT_VERSION}); upgrade serpent"
         )
     try:
-        return SerpentConfig.from_json(meta["config"])
-    except (ValueError, TypeError) as exc:
+        data = check_config_values(json.loads(meta["config"]), SERPENT_INT_RANGES, SERPENT_FLOAT_RANGES)
+        return SerpentConfig.from_dict(data)
+    except (ValueError, TypeError, RecursionError) as exc:
         raise WeightsError(f"{path}: invalid config in weights metadata: {exc}") from None
 
 
@@ -176,7 +249,7 @@ def load_model(path: Path, *, expected_name: str | None = None, sha256: str | No
             f"{path}: holds a {config.name} (patch size {config.patch_size}), not a {expected_name}; "
             f"pick the matching --model or leave --model out"
         )
-    return _load_tensors(path, Serpent(config), config.name)
+    return _load_tensors(path, build_bounded(path, lambda: Serpent(config)), config.name)
 
 
 def _load_tensors(path: Path, model: nn.Module, name: str) -> nn.Module:
@@ -225,10 +298,11 @@ def _build_unet(path: Path, meta: dict[str, str], expected_name: str | None) -> 
     if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
         raise WeightsError(f"{path}: not a serpent weights file of a supported format version")
     try:
-        cfg = json.loads(meta["unet_config"])
-        model = UNet(channels=int(cfg["channels"]), in_chans=int(cfg["in_chans"]), depth=int(cfg["depth"]))
-    except (KeyError, ValueError, TypeError) as exc:
+        cfg = check_config_values(json.loads(meta["unet_config"]), UNET_INT_RANGES)
+        channels, in_chans, depth = cfg["channels"], cfg["in_chans"], cfg["depth"]
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise WeightsError(f"{path}: invalid U-Net config in weights metadata: {exc}") from None
+    model = build_bounded(path, lambda: UNet(channels=channels, in_chans=in_chans, depth=depth))
     name = meta.get("name", f"unet-{model.channels}")
     if expected_name and expected_name != name:
         raise WeightsError(f"{path}: holds a {name}, not a {expected_name}; pick the matching --model")

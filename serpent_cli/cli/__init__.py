@@ -16,7 +16,8 @@ import typer
 from serpent_cli import __version__
 from serpent_cli.cli import bench, deblur, degrade, download, evaluate, export, models, train
 from serpent_cli.cli.common import error_line, verbosity
-from serpent_cli.errors import SerpentError
+from serpent_cli.errors import ReportedByAnotherRank, SerpentError
+from serpent_cli.interrupts import EXIT_SIGINT, EXIT_SIGTERM, Terminated, terminate_cleanly_on_sigterm
 
 app = typer.Typer(
     name="serpent",
@@ -71,14 +72,19 @@ for _name, _command in (
 
 def main() -> None:
     """Entry point: run the app; user errors become one line and an exit code, never a traceback."""
+    terminate_cleanly_on_sigterm()
     try:
         app(standalone_mode=True)
     except SerpentError as exc:
-        error_line(str(exc))
+        if not isinstance(exc, ReportedByAnotherRank):
+            error_line(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         error_line("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_SIGINT)
+    except Terminated:
+        error_line("terminated")
+        sys.exit(EXIT_SIGTERM)
     except BrokenPipeError:
         sys.stderr.close()  # reader went away (e.g. piped to head); nothing left to say
         sys.exit(1)

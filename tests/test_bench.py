@@ -27,7 +27,7 @@ def test_flops_only_json(serpent_cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     env = result["environment"]
-    assert env["device"] == "cpu" and env["torch_version"] and env["scan_backend"] == "torch"
+    assert env["device"] == "cpu" and env["torch_version"] and env["scan_backend"] == "numba"
     rows = {(r["model"], r["resolution"]): r for r in result["rows"]}
     assert set(rows) == {(m, r) for m in models for r in (64, 128)}
     for m in models:

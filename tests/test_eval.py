@@ -183,7 +183,8 @@ def test_blind_degradation_is_deterministic_and_recorded(serpent_cmd: list[str],
         assert value == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1), abs=1e-4)
     assert report["summary"][0]["psnr"] != bench["summary"][0]["psnr"]
     # No kernel is known under the blind family, so no Wiener row (see serpent_cli.evaluation).
-    assert [r["model"] for r in report["summary"]] == ["degraded input", "serpent-b"] and report["wiener_k"] is None
+    labels = [r["model"] for r in report["summary"]]
+    assert labels == ["degraded input", f"serpent-b ({weights})"] and report["wiener_k"] is None
     bad = _eval(serpent_cmd, str(folder), "--weights", str(weights), "--degradation", "nonsense")
     assert bad.returncode == 2 and "benchmark, blind" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

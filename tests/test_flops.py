@@ -147,3 +147,13 @@ def test_ratio_sanity_against_design() -> None:
         old = create_model("serpent-b", state_divisor=6.0)
     block_reading = count_flops(old, 512).total / 1e9
     assert 200 < flops["swinir-b"] / block_reading < 260
+
+
+def test_flops_do_not_depend_on_the_scan_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-place numba path is never taken while counting: every backend counts the same scan op."""
+    counts = {}
+    for backend in ("numba", "torch"):
+        monkeypatch.setenv("SERPENT_SCAN_BACKEND", backend)
+        result = count_flops(build_model("serpent-b", meta=True), 256)
+        counts[backend] = (result.total, result.by_op.get(SCAN_OP))
+    assert counts["numba"] == counts["torch"] and counts["numba"][1]

@@ -193,8 +193,8 @@ def test_output_and_gradients_match_oracle(report: dict[str, Any], case: str) ->
 def test_public_entry_point_and_auto_choice(report: dict[str, Any]) -> None:
     api = report["public_api"]
     assert api["error"] <= 1e-5 * max(api["scale"], 1.0)
-    assert api["available"] == ["torch", "triton"]  # triton on CPU only under the interpreter ...
-    assert api["auto"] == "torch"  # ... and never chosen by auto there
+    assert api["available"] == ["numba", "torch", "triton"]  # triton on CPU only under the interpreter ...
+    assert api["auto"] == "numba"  # ... and never chosen by auto there
     assert api["self_check"] is True
 
 

@@ -60,14 +60,14 @@ def degrade_command(
     The randomness of a file is seeded by its path relative to the folder given (its name for a file
     given directly) plus --seed, the same key `serpent eval` uses: same output on every machine.
     """
-    from serpent_cli.degradation import Degradation
-    from serpent_cli.degradation_family import degradation_by_name, degrade_keyed
+    from serpent_cli.degradation import Degradation, check_degradation_name
     from serpent_cli.distributed import DistContext
 
-    degradation = degradation_by_name(family)
+    check_degradation_name(family)
+    benchmark: Degradation | None = None
     if family == "benchmark":
         try:
-            degradation = Degradation(kernel_size=kernel_size, blur_sigma=blur_sigma, noise_sigma=noise_sigma)
+            benchmark = Degradation(kernel_size=kernel_size, blur_sigma=blur_sigma, noise_sigma=noise_sigma)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     elif (kernel_size, blur_sigma, noise_sigma) != (61, 3.0, 0.05):
@@ -80,6 +80,11 @@ def degrade_command(
     assign_outputs(jobs, naming)
 
     def work(job: Job) -> Result:
+        # Imported here, once inputs are known to exist: the family needs torch, a usage error does not.
+        from serpent_cli.degradation_family import degradation_by_name, degrade_keyed
+
+        degradation = benchmark or degradation_by_name(family)
+
         def transform(pic: Picture) -> tuple[Picture, dict[str, object]]:
             degraded, draw = degrade_keyed(degradation, pic.to_tensor(), job.key, seed)
             extra: dict[str, object] = {"key": job.key, "seed": seed, "family": family}

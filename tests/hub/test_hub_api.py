@@ -32,7 +32,7 @@ def registry_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_builtin_registry_does_not_pretend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SERPENT_REGISTRY", raising=False)
     entries = load_registry()
-    assert list(entries) == ["serpent-b", "serpent-l", "serpent-h"]
+    assert list(entries) == ["serpent-b", "serpent-l", "serpent-h", "serpent-l-blind"]
     for entry in entries.values():
         assert entry.published is False  # not on the Hub until we upload
         assert entry.filename == "model.safetensors" and entry.repo_id.endswith(entry.name)

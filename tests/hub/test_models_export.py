@@ -34,7 +34,7 @@ def test_models_json_says_where_each_model_is(
     # --all: the published ones; serpent-h's repo does not exist, which fails that one but not the batch
     batch = run(serpent_cmd, hub_env, "download", "--all")
     assert batch.returncode == 1, batch.stderr
-    assert "skipping models not published on the Hub: serpent-b, mine" in batch.stderr
+    assert "skipping models not published on the Hub: serpent-b, serpent-l-blind, mine" in batch.stderr
     assert [line for line in batch.stderr.splitlines() if line.startswith("error:")] == [
         "error: serpent-h: repository serpent-test/models-h not found on "
         f"{hub.url} (check --repo-id; private repos need HF_TOKEN)"
@@ -44,7 +44,7 @@ def test_models_json_says_where_each_model_is(
     proc = run(serpent_cmd, hub_env, "models", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {row["name"]: row for row in json.loads(proc.stdout)["models"]}
-    assert list(rows) == ["serpent-b", "serpent-l", "serpent-h", "mine"]
+    assert list(rows) == ["serpent-b", "serpent-l", "serpent-h", "serpent-l-blind", "mine"]
     assert rows["serpent-b"]["status"] == "bundled" and rows["serpent-b"]["pin_ok"] is False
     assert rows["serpent-l"]["status"] == "cached" and rows["serpent-l"]["pin_ok"] is True
     assert rows["serpent-l"]["metrics"]["faces-test-256"]["psnr"] == 28.5

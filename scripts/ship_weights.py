@@ -14,20 +14,26 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from serpent_cli.evaluation import reference_check
 from serpent_cli.weights import load_model, save_model
 
-RECIPE_KEYS = ("model", "steps", "crop", "batch_size", "lr_used", "ema", "loss", "seed", "device", "world_size")
+RECIPE_KEYS = ("model", "steps", "crop", "batch_size", "lr_used", "lr_schedule", "warmup_used", "clip_grad", "rotate",
+               "ema", "loss", "seed", "device", "world_size", "degradation")
 
 
 def training_metadata(run: Path) -> dict[str, object]:
     """What a user of the weights should know about their training, without machine paths."""
     info = json.loads((run / "run.json").read_text())
     recipe = {key: info[key] for key in RECIPE_KEYS if key in info}
-    recipe["data"] = Path(info["data"]).name
+    folders = info["data"] if isinstance(info["data"], list) else [info["data"]]
+    recipe["data"] = "+".join(Path(f).name for f in folders)
+    if info.get("init"):
+        recipe["init"] = Path(info["init"]).name
     recipe["val"] = Path(info["val"]).name if info.get("val") else None
     validated = [row for row in csv.DictReader((run / "log.csv").open()) if row.get("val_psnr")]
     if validated:
@@ -48,7 +54,10 @@ def main(argv: list[str]) -> int:
     print(out)
     # What the shipped (fp16) file does to the reference photos: paste into registry.REFERENCE_CHECKS.
     data = Path(os.environ.get("SERPENT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    shipped = load_model(out)
+    with tempfile.TemporaryDirectory() as tmp:  # a copy: the new file is not pinned in the registry yet
+        copy = Path(tmp) / out.name
+        shutil.copyfile(out, copy)
+        shipped = load_model(copy)
     print(f'    "{shipped.config.name}": {json.dumps(reference_check(shipped, data))},')
     return 0
 

@@ -45,7 +45,7 @@ SHA256_PINS: dict[str, str | None] = {
     "serpent-b": "8c680f3ceb74806ef8beeb74257f6f457e571dc17a93e23bd8c9bda575f30bd7",
     "serpent-l": "cc49436de7aaa7109e42ac3f3f98e9a734b9ecac6f5d278f952b8066a5fa2c6f",
     "serpent-h": "0cd722c6579ee83ead40a54a5d97b1870fdad522da106e4a1a2ff60bf6c061f1",
-    "serpent-l-blind": None,
+    "serpent-l-blind": "18a145d9d992105e8133dcf69376adf6cc2c15c8058849eb0e9a0f7a31b21e5c",
 }
 
 # `serpent eval` (PSNR dB / SSIM) of the bundled weights on the first 4 images of each test set,
@@ -87,6 +87,8 @@ REFERENCE_CHECKS: dict[str, dict[str, dict[str, float | None]]] = {
                   "kodak24/kodim23.png": {"gain_db": 4.015, "grid": 1.416}},
     "serpent-h": {"kodak24/kodim03.png": {"gain_db": 2.546, "grid": None},
                   "kodak24/kodim23.png": {"gain_db": 2.261, "grid": None}},
+    "serpent-l-blind": {"kodak24/kodim03.png": {"gain_db": 2.532, "grid": 1.381},
+                        "kodak24/kodim23.png": {"gain_db": 2.54, "grid": 1.358}},
 }
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -117,6 +119,13 @@ class RegistryEntry:
         return dataclasses.asdict(self)
 
 
+def _description(name: str) -> str:
+    size = name.split("-")[1].upper()
+    if name.endswith("-blind"):
+        return f"Serpent {size} for real photos: trained on the blind degradation family (blur kinds, noise, JPEG)."
+    return f"Serpent {size} deblurring network, trained on the paper's benchmark degradation (DESIGN.md section 2)."
+
+
 def _builtin_entries() -> dict[str, RegistryEntry]:
     return {
         name: RegistryEntry(
@@ -129,7 +138,7 @@ def _builtin_entries() -> dict[str, RegistryEntry]:
             architecture=name,
             training_data=TRAINING_DATA,
             metrics=METRICS.get(name, {}),
-            description=f"Serpent {name.split('-')[1].upper()} deblurring network (DESIGN.md section 2).",
+            description=_description(name),
         )
         for name in SHA256_PINS
     }

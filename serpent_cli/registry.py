@@ -34,9 +34,10 @@ REGISTRY_ENV = "SERPENT_REGISTRY"
 HUB_FILENAME = "model.safetensors"
 HUB_ORG = "serpent-cli"
 TRAINING_DATA = (
-    "natural-train (170 photos), validated on natural-val; benchmark degradation: Gaussian blur 61x61 "
-    "sigma 3.0 + Gaussian noise sigma 0.05; CPU budget: 600 steps of 2 crops of 48x48, Adam lr 1e-3, "
-    "seed 0 (scripts/train_weights.sh cpu)"
+    "natural-train (170 photos) + faces-train (60 faces), validated on natural-val; benchmark degradation: "
+    "Gaussian blur 61x61 sigma 3.0 + Gaussian noise sigma 0.05 (serpent-l-blind: the blind family); CPU "
+    "budget: 2000 steps of 4 crops of 96x96, Adam lr 1e-3 cosine, seed 0 (scripts/train_weights.sh cpu); "
+    "serpent-h: its first weights, 600 steps of 2 crops of 48x48 of natural-train"
 )
 
 # sha256 of each variant's weights file; None until trained weights exist. One line per variant:
@@ -48,24 +49,25 @@ SHA256_PINS: dict[str, str | None] = {
     "serpent-l-blind": "18a145d9d992105e8133dcf69376adf6cc2c15c8058849eb0e9a0f7a31b21e5c",
 }
 
-# `serpent eval` (PSNR dB / SSIM) of the bundled weights on the first 4 images of each test set,
-# from scripts/results_table.py --limit 4 (see the README's results table).
+# `serpent eval` (PSNR dB / SSIM) of the bundled weights under the benchmark degradation: whole test sets
+# for serpent-b / -l (benchmarks/results/eval/*.json, scripts/results_table.py), the first 4 images of each
+# set for serpent-h (its first weights, not retrained yet).
 METRICS: dict[str, dict[str, dict[str, float]]] = {
     "serpent-b": {
-        "faces-test-256 (first 4)": {"psnr": 23.69, "ssim": 0.424},
-        "faces-test-512 (first 4)": {"psnr": 24.27, "ssim": 0.357},
-        "cbsd68 (first 4)": {"psnr": 22.27, "ssim": 0.366},
-        "kodak24 (first 4)": {"psnr": 23.33, "ssim": 0.316},
-        "mcmaster18 (first 4)": {"psnr": 20.67, "ssim": 0.389},
-        "set14 (first 4)": {"psnr": 20.92, "ssim": 0.300},
+        "faces-test-256": {"psnr": 25.40, "ssim": 0.523},
+        "faces-test-512": {"psnr": 26.54, "ssim": 0.492},
+        "cbsd68": {"psnr": 23.05, "ssim": 0.426},
+        "kodak24": {"psnr": 23.60, "ssim": 0.419},
+        "mcmaster18": {"psnr": 24.09, "ssim": 0.478},
+        "set14": {"psnr": 22.72, "ssim": 0.447},
     },
     "serpent-l": {
-        "faces-test-256 (first 4)": {"psnr": 25.64, "ssim": 0.624},
-        "faces-test-512 (first 4)": {"psnr": 26.69, "ssim": 0.580},
-        "cbsd68 (first 4)": {"psnr": 23.65, "ssim": 0.548},
-        "kodak24 (first 4)": {"psnr": 25.31, "ssim": 0.520},
-        "mcmaster18 (first 4)": {"psnr": 21.53, "ssim": 0.539},
-        "set14 (first 4)": {"psnr": 21.89, "ssim": 0.413},
+        "faces-test-256": {"psnr": 27.55, "ssim": 0.760},
+        "faces-test-512": {"psnr": 29.58, "ssim": 0.783},
+        "cbsd68": {"psnr": 24.46, "ssim": 0.616},
+        "kodak24": {"psnr": 25.04, "ssim": 0.646},
+        "mcmaster18": {"psnr": 25.69, "ssim": 0.695},
+        "set14": {"psnr": 23.92, "ssim": 0.620},
     },
     "serpent-h": {
         "faces-test-256 (first 4)": {"psnr": 24.76, "ssim": 0.646},

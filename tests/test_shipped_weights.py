@@ -34,3 +34,17 @@ def test_bundled_weights_restore_as_recorded(name: str, data_dir: Path) -> None:
         assert got[photo]["gain_db"] > 0, f"{name} makes {photo} worse than the degraded input"
         if want["grid"] is not None:
             assert got[photo]["grid"] == pytest.approx(want["grid"], abs=0.05), (name, photo, got[photo])
+
+
+def test_blind_model_does_no_harm_to_sharp_photos(data_dir: Path) -> None:
+    """serpent-l-blind, given an untouched photo, returns it (>= 35 dB): it does no harm to a sharp picture."""
+    from serpent_cli.data import center_crop
+    from serpent_cli.imageio import read_rgb
+    from serpent_cli.metrics import psnr
+
+    blind = create_model("serpent-l-blind", pretrained=True).eval()
+    for photo in REFERENCE_PHOTOS:
+        clean = center_crop(read_rgb(data_dir / photo), 256).unsqueeze(0)
+        with torch.inference_mode():
+            restored = blind(clean).clamp(0, 1)
+        assert float(psnr(restored[0], clean[0])) >= 35.0, photo

@@ -81,7 +81,8 @@ def main() -> int:
             for row in baselines:
                 results.setdefault(str(row["model"]), {})[dataset] = row
             results.setdefault(name, {})[dataset] = scored
-    gflops = {name: model_flops(name, 512)[1] / 1e9 for name, _ in models}
+    # serpent-l-blind is serpent-l's architecture: the same FLOPs.
+    gflops = {name: model_flops(name.removesuffix("-blind"), 512)[1] / 1e9 for name, _ in models}
     if args.json:
         args.json.write_text(json.dumps({"limit": args.limit, "degradation": args.degradation,
                                          "weights": {n: str(w) for n, w in models}, "gflops_512": gflops,

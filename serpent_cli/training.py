@@ -39,7 +39,7 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -429,8 +429,8 @@ def load_initial_weights(model: nn.Module, spec: str) -> None:
         raise UsageError(f"--init {spec}: neither a weights file nor a known model ({', '.join(list_models())})")
     mine, theirs = getattr(model, "config", None), getattr(source, "config", None)
     if mine is not None and theirs is not None:
-        differ = [f for f in ("patch_size", "embed_dim", "in_chans", "num_scales", "blocks_per_stage", "expand",
-                              "d_conv", "state_divisor", "dt_rank_divisor") if getattr(mine, f) != getattr(theirs, f)]
+        differ = [f.name for f in fields(mine)
+                  if f.name != "name" and getattr(mine, f.name) != getattr(theirs, f.name)]
         if differ:
             detail = ", ".join(f"{f} {getattr(theirs, f)} vs {getattr(mine, f)}" for f in differ)
             raise UsageError(f"--init {spec}: a different architecture from {mine.name} ({detail})")

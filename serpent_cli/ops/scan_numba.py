@@ -57,6 +57,7 @@ def configure_numba() -> None:
 
 configure_numba()
 from serpent_cli.ops import numba_kernels as kernels  # noqa: E402  (numba must be configured first)
+from serpent_cli.ops.scan_torch import _compute_dtype  # noqa: E402  (one rule: fp64 stays fp64, else fp32)
 
 
 def _start_numba_threads() -> None:
@@ -105,16 +106,6 @@ def channel_block(channels: int, batch: int, threads: int | None = None) -> int:
         if batch * (channels // d) >= threads:
             break
     return chosen
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """fp64 inputs run in fp64 (gradient checks); everything else in fp32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _np(t: torch.Tensor, dtype: torch.dtype):  # type: ignore[no-untyped-def]
-    """A C-contiguous numpy view (or copy) of a detached tensor in the compute dtype."""
-    return t.detach().to(dtype).contiguous().numpy()
 
 
 def _run_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, keep):  # type: ignore[no-untyped-def]

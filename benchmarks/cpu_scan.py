@@ -1,9 +1,10 @@
 """The selective scan alone on the CPU: numba (in place, four directions) against the torch backend.
 
 Shapes are SS2D's at each scale of serpent-b and serpent-l on a 512x512 image (L = H*W at that scale,
-E = 2c inner channels, N = the state size of the current config), batch 1. The torch backend runs
-the path it runs in the model: the unrolled (1, 4E, L) sequences with four B/C groups; numba walks
-the four directions in place over image-order tensors. Both do the same state updates (4*E*L*N).
+E = 2c inner channels, N = the state size of the current config), batch 1. Each backend runs the
+path it runs in the model: torch the unrolled (1, 4E, L) sequences with four B/C groups; numba the
+four directions over SS2D's two position orders (row- and column-major, ``ss2d_scan_orders``).
+Layout copies are made once, outside the timing, for both. Both do the same state updates (4*E*L*N).
 
     python benchmarks/cpu_scan.py --threads 2 [--json out.json]
 """
@@ -18,7 +19,7 @@ import time
 import torch
 
 from serpent_cli.config import VARIANTS
-from serpent_cli.ops import selective_scan, ss2d_scan
+from serpent_cli.ops import selective_scan, ss2d_scan_orders, to_scan_orders
 
 K = 4
 
@@ -58,19 +59,28 @@ def measure(side: int, e: int, n: int, repeats: int) -> dict[str, float]:
     B4, C4 = B.permute(0, 2, 3, 1).contiguous(), C.permute(0, 2, 3, 1).contiguous()
     A4, D4, bias4 = A.reshape(K * e, n), D.reshape(-1), bias.reshape(-1)
 
+    def orders(t: torch.Tensor) -> torch.Tensor:
+        image = t.view(1, side, side, *t.shape[2:])
+        if t.dim() == 3:
+            return to_scan_orders(image, image)
+        by_walk = image.unflatten(3, (2, 2))  # direction k = 2 j + q
+        return to_scan_orders(by_walk[..., 0, :], by_walk[..., 1, :])
+
+    uq, dq, Bq, Cq = orders(u), orders(delta), orders(B), orders(C)
+
     def numba_fwd() -> None:
         with torch.no_grad():
-            ss2d_scan(u, delta, A, B, C, D, bias, side, side)
+            ss2d_scan_orders(uq, dq, A, Bq, Cq, D, bias)
 
     def torch_fwd() -> None:
         with torch.no_grad():
             selective_scan(u4, d4, A4, B4, C4, D4, bias4, True, backend="torch")
 
-    leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+    leaves = [t.clone().requires_grad_() for t in (uq, dq, A, Bq, Cq, D, bias)]
     leaves4 = [t.clone().requires_grad_() for t in (u4, d4, A4, B4, C4, D4, bias4)]
 
     def numba_train() -> None:
-        ss2d_scan(*leaves, side, side).sum().backward()
+        ss2d_scan_orders(*leaves).sum().backward()
 
     def torch_train() -> None:
         selective_scan(*leaves4, True, backend="torch").sum().backward()

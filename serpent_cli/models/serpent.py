@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from serpent_cli.config import SerpentConfig
-from serpent_cli.ops import directional_backend, selective_scan, ss2d_scan
+from serpent_cli.ops import directional_backend, from_scan_orders, selective_scan, ss2d_scan_orders, to_scan_orders
 
 NUM_DIRECTIONS = 4
 
@@ -85,17 +85,22 @@ class SS2D(nn.Module):
         return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj_bias.float()
 
     def _scan_in_place(self, x: torch.Tensor) -> torch.Tensor:
-        """The four directions walked by index arithmetic (numba): projections in image order."""
+        """The four directions on two position orders (numba): each direction projected once.
+
+        x is stored row-major and column-major (:func:`to_scan_orders`); direction k = 2 j + q
+        walks order q forwards or backwards, so x_proj / dt_proj of direction k run on order q.
+        """
         b, e, h, w = x.shape
-        k, n = NUM_DIRECTIONS, self.n_state
-        xc = x.permute(0, 2, 3, 1).reshape(b, h * w, e)  # (B, L, E) image order, channels last
-        x_dbl = F.linear(xc, self.x_proj_weight.reshape(k * (self.dt_rank + 2 * n), e))
-        x_dbl = x_dbl.view(b, h * w, k, self.dt_rank + 2 * n)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=3)
-        dts = torch.einsum("blkr,ker->blke", dts, self.dt_proj_weight)
+        n, r = self.n_state, self.dt_rank
+        xq = to_scan_orders(x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1))  # (B, 2, L, E)
+        # Weights by (walk j, order q) -> per order q: (E, 2 walks x (R + 2N)).
+        proj = self.x_proj_weight.view(2, 2, r + 2 * n, e).permute(1, 3, 0, 2).reshape(2, e, 2 * (r + 2 * n))
+        x_dbl = torch.matmul(xq, proj).view(b, 2, h * w, 2, r + 2 * n)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=4)
+        dts = torch.einsum("bqljr,jqer->bqlje", dts, self.dt_proj_weight.view(2, 2, e, r))
         A, D, bias = self._ssm_tensors()
-        y = ss2d_scan(xc, dts, A.view(k, e, n), Bs, Cs, D.view(k, e), bias, h, w)
-        return y.view(b, h, w, e)
+        y = ss2d_scan_orders(xq, dts, A.view(NUM_DIRECTIONS, e, n), Bs, Cs, D.view(NUM_DIRECTIONS, e), bias)
+        return from_scan_orders(y, h, w)
 
     def _scan_unrolled(self, x: torch.Tensor) -> torch.Tensor:
         """Unroll to four sequences, scan them as one batch of channels, merge back (other backends)."""

@@ -238,6 +238,48 @@ def directional_backend(device: torch.device | str, backend: str = "auto") -> bo
     return resolve_backend(backend, device) == "numba"
 
 
+def to_scan_orders(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """Two channels-last maps (b, H, W, ...) -> (b, 2, H*W, ...): ``row`` in row-major order, ``col`` in column-major.
+
+    SS2D's scan directions walk one of these two orders forwards or backwards (row-major,
+    column-major, both reversed), so with both orders stored every walk reads memory in
+    sequence; the second order is one transposed copy, not four unrolled ones.
+    """
+    b, h, w, *rest = row.shape
+    out = row.new_empty(b, 2, h * w, *rest)
+    out[:, 0].view(b, h, w, *rest).copy_(row)
+    out[:, 1].view(b, w, h, *rest).copy_(col.transpose(1, 2))
+    return out
+
+
+def from_scan_orders(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(b, 2, H*W, ...) in the two orders -> their sum in image order, (b, H, W, ...)."""
+    b, _, _, *rest = y.shape
+    return y[:, 0].view(b, height, width, *rest) + y[:, 1].view(b, width, height, *rest).transpose(1, 2)
+
+
+def ss2d_scan_orders(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    delta_bias: torch.Tensor,
+) -> torch.Tensor:
+    """SS2D's four-direction scan (numba backend) on the two position orders, softplus on delta.
+
+    Direction k = 2 j + q walks order q (0 row-major, 1 column-major; see
+    :func:`to_scan_orders`) forwards (j = 0) or backwards (j = 1).  u: (b, 2, L, E);
+    delta: (b, 2, L, 2, E) raw, [:, q, :, j] for direction 2 j + q; A: (4, E, N); B, C:
+    (b, 2, L, 2, N) likewise; D, delta_bias: (4, E).  Returns (b, 2, L, E): per order, the sum
+    of its two walks (+ D u), in that order; :func:`from_scan_orders` adds them in image order.
+    """
+    from serpent_cli.ops.scan_numba import DirectionalScan
+
+    return DirectionalScan.apply(u, delta, A, B, C, D, delta_bias)
+
+
 def ss2d_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -249,17 +291,25 @@ def ss2d_scan(
     height: int,
     width: int,
 ) -> torch.Tensor:
-    """SS2D's four-direction scan in place (numba backend), softplus on delta.
+    """:func:`ss2d_scan_orders` for tensors in image order (tests, benchmarks, other callers).
 
     u: (b, L, E) image order, channels last, L = height * width; delta: (b, L, 4, E) raw, one
-    per direction (x_proj / dt_proj applied in image order); A: (4, E, N); B, C: (b, L, 4, N);
-    D, delta_bias: (4, E).  Returns (b, L, E): the sum over the four scan orders (row-major,
-    column-major, both reversed) of each direction's scan read back into image order, equal to
+    per direction; A: (4, E, N); B, C: (b, L, 4, N); D, delta_bias: (4, E).  Returns (b, L, E):
+    the sum over the four scan orders (row-major, column-major, both reversed) of each
+    direction's scan read back into image order, equal to
     ``merge_four_ways(scan(unroll_four_ways(...)))`` without materialising the unrolled copies.
     """
-    from serpent_cli.ops.scan_numba import DirectionalScan
+    b, length, e = u.shape
 
-    return DirectionalScan.apply(u, delta, A, B, C, D, delta_bias, height, width)
+    def orders(t: torch.Tensor) -> torch.Tensor:
+        image = t.reshape(b, height, width, *t.shape[2:])
+        if t.dim() == 3:
+            return to_scan_orders(image, image)
+        by_walk = image.unflatten(3, (2, 2))  # direction k = 2 j + q -> [..., j, q, :]
+        return to_scan_orders(by_walk[..., 0, :], by_walk[..., 1, :])
+
+    y = ss2d_scan_orders(orders(u), orders(delta), A, orders(B), orders(C), D, delta_bias)
+    return from_scan_orders(y, height, width).reshape(b, length, e)
 
 
 def _counting() -> bool:
@@ -297,8 +347,11 @@ __all__ = [
     "UnknownBackend",
     "available_backends",
     "directional_backend",
+    "from_scan_orders",
     "get_backend",
     "resolve_backend",
     "selective_scan",
     "ss2d_scan",
+    "ss2d_scan_orders",
+    "to_scan_orders",
 ]

@@ -2,7 +2,7 @@
 
 Why this shape (DESIGN.md section 3, backend 4):
 
-* One parallel region per call, over (batch x channel block) work items.  A shared CPU
+* One parallel region per call, over (batch x position order x channel block) work items.  A shared CPU
   punishes many short parallel regions (each ends in a barrier); one region per scan does not.
 * Channels-last data, ``(batch, position, [direction,] channel)``, so the innermost loop runs
   over contiguous channels and the compiler vectorises it; the state ``h[n, channel]`` of a
@@ -11,18 +11,24 @@ Why this shape (DESIGN.md section 3, backend 4):
   vector math library, so ``math.exp`` would stay a scalar libm call; :func:`fast_exp2` is a
   polynomial 2^x with the exponent set by bit manipulation, which LLVM vectorises (about 2
   ulp in float32).  Float64 inputs use ``math.exp`` (exact gradient checks, not speed).
-* Four scan directions in place: in ``directional`` mode the kernel walks direction ``k``
-  over image-order tensors by index arithmetic (row-major, column-major, both reversed) and
-  adds the four outputs into image order, so no unrolled copies of the inputs exist.  In
-  plain mode (``directional=False``, one direction, identity order) the same kernel serves
-  mamba-ssm's ``selective_scan_fn`` contract, with B/C groups mapped onto channel blocks.
+* Four scan directions without unrolled copies: a direction only changes the order in which
+  positions are visited.  SS2D hands the kernel its tensors in two position orders
+  (row-major, and column-major, i.e. transposed; see ``serpent_cli.ops.to_scan_orders``),
+  and each of the four directions walks one of them forwards or backwards.  Every step then
+  reads the next (or previous) row of each array, so the walk is sequential in memory: a
+  column-major walk over image-order tensors (as in an earlier version) jumps a whole image
+  row per step and ran 2.5x slower at 256x256 (a TLB miss per array per step).  In plain
+  mode (``directional=False``, one order, one direction) the same kernel serves mamba-ssm's
+  ``selective_scan_fn`` contract, with B/C groups mapped onto channel blocks.
 * The backward recomputes states from boundary states saved every ``segment`` positions
   by the forward, so its memory does not grow with L x N.
 
-Array conventions (all C-contiguous, same float dtype):
-    u (b, L, E); delta (b, L, K, E) raw (before bias / softplus); A (K, E, N);
-    Bm, Cm (b, L, G, N) with G = K in directional mode, G = groups in plain mode;
-    D, bias (K, E); y (b, L, E).
+Array conventions (all C-contiguous, same float dtype); Q position orders (2 in directional
+mode, 1 in plain mode), J walks per order (forwards, then backwards when J = 2), direction
+k = j * Q + q:
+    u (b, Q, L, E); delta (b, Q, L, J, E) raw (before bias / softplus); A (K, E, N);
+    Bm, Cm (b, Q, L, G, N) with G = J in directional mode, G = groups in plain mode;
+    D, bias (K, E); y (b, Q, L, E), the sum of order q's walks, in order q.
 """
 
 from __future__ import annotations
@@ -135,16 +141,11 @@ def _softplus_parts_impl(x):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(inline="always")
-def position(k: int, t: int, height: int, width: int, directional: bool) -> int:
-    """Image-order position of step t in scan direction k (see ``unroll_four_ways``)."""
-    if not directional:
+def position(j: int, t: int, length: int) -> int:
+    """Storage position of step t of walk j over one position order: forwards, then backwards."""
+    if j == 0:
         return t
-    length = height * width
-    if k >= 2:
-        t = length - 1 - t
-    if k % 2 == 0:
-        return t
-    return (t % height) * width + t // height
+    return length - 1 - t
 
 
 @numba.njit(inline="always")
@@ -160,19 +161,20 @@ def load_direction(A, D, bias, k, e0, a2, dk, bk):  # type: ignore[no-untyped-de
 
 
 @numba.njit(parallel=True, **JIT)
-def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, block, segment, y, saved):  # type: ignore[no-untyped-def]
-    """y = sum over directions of the scan (+ D u); saved[b, k, s] = state before position s * segment.
+def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, directional, block, segment, y, saved):  # type: ignore[no-untyped-def]
+    """y[:, q] = sum over the walks of order q of the scan (+ D u); saved[b, k, s] = state before step s * segment.
 
     ``saved`` has a zero-length segment axis when no backward will follow (inference).
     """
-    batch, length, channels = u.shape
-    directions = delta.shape[2]
+    batch, orders, length, channels = u.shape
+    walks = delta.shape[3]
     n_state = A.shape[2]
     blocks = channels // block
     save = saved.shape[2] > 0
     dtype = u.dtype
-    for item in prange(batch * blocks):
-        b = item // blocks
+    for item in prange(batch * orders * blocks):
+        b = item // (orders * blocks)
+        q = item // blocks % orders
         e0 = (item % blocks) * block
         h = np.empty((n_state, block), dtype)
         a2 = np.empty((n_state, block), dtype)
@@ -181,17 +183,18 @@ def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directio
         acc = np.empty(block, dtype)
         dk = np.empty(block, dtype)
         bk = np.empty(block, dtype)
-        for k in range(directions):
-            group = k if directional else e0 // (channels // Bm.shape[2])
+        for j in range(walks):
+            k = j * orders + q
+            group = j if directional else e0 // (channels // Bm.shape[3])
             load_direction(A, D, bias, k, e0, a2, dk, bk)
             h[:, :] = 0.0
             for t in range(length):
                 if save and t % segment == 0:
                     for n in range(n_state):
                         saved[b, k, t // segment, n, e0 : e0 + block] = h[n]
-                p = position(k, t, height, width, directional)
-                urow = u[b, p, e0 : e0 + block]
-                drow = delta[b, p, k, e0 : e0 + block]
+                p = position(j, t, length)
+                urow = u[b, q, p, e0 : e0 + block]
+                drow = delta[b, q, p, j, e0 : e0 + block]
                 for e in range(block):
                     raw = drow[e] + bk[e]
                     if softplus:
@@ -199,8 +202,8 @@ def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directio
                     dt[e] = raw
                     du[e] = raw * urow[e]
                     acc[e] = dk[e] * urow[e]
-                brow = Bm[b, p, group]
-                crow = Cm[b, p, group]
+                brow = Bm[b, q, p, group]
+                crow = Cm[b, q, p, group]
                 for n in range(n_state):
                     bn = brow[n]
                     cn = crow[n]
@@ -210,8 +213,8 @@ def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directio
                         hn = fast_exp2(dt[e] * arow[e]) * hrow[e] + du[e] * bn
                         hrow[e] = hn
                         acc[e] += cn * hn
-                yrow = y[b, p, e0 : e0 + block]
-                if k == 0:
+                yrow = y[b, q, p, e0 : e0 + block]
+                if j == 0:
                     yrow[:] = acc
                 else:
                     for e in range(block):
@@ -220,27 +223,28 @@ def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directio
 
 @numba.njit(parallel=True, **JIT)
 def scan_backward(  # type: ignore[no-untyped-def]
-    u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, block, segment, saved, grad_y,
+    u, delta, A, Bm, Cm, D, bias, softplus, directional, block, segment, saved, grad_y,
     grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias,
 ):
     """Analytic gradients, walking each direction backwards one segment at a time.
 
     Per segment the states are recomputed from the saved boundary state into a small
     buffer, then the adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs backwards through it.
-    Outputs: grad_u (b, L, E) and grad_delta (b, L, K, E) written in full; grad_B, grad_C
-    (blocks, b, L, G, N) one partial per channel block (summed by the caller; zeroed by the
-    caller where a block does not write); grad_A (b, K, E, N), grad_D, grad_bias (b, K, E)
-    one partial per batch element.
+    Outputs: grad_u (b, Q, L, E) and grad_delta (b, Q, L, J, E) written in full; grad_B,
+    grad_C (blocks, b, Q, L, G, N) one partial per channel block (summed by the caller;
+    zeroed by the caller where a block does not write); grad_A (b, K, E, N), grad_D,
+    grad_bias (b, K, E) one partial per batch element.
     """
-    batch, length, channels = u.shape
-    directions = delta.shape[2]
+    batch, orders, length, channels = u.shape
+    walks = delta.shape[3]
     n_state = A.shape[2]
     blocks = channels // block
     dtype = u.dtype
     zero = dtype.type(0.0)
     one = dtype.type(1.0)
-    for item in prange(batch * blocks):
-        b = item // blocks
+    for item in prange(batch * orders * blocks):
+        b = item // (orders * blocks)
+        q = item // blocks % orders
         blk = item % blocks
         e0 = blk * block
         a2 = np.empty((n_state, block), dtype)
@@ -259,9 +263,10 @@ def scan_backward(  # type: ignore[no-untyped-def]
         gD = np.empty(block, dtype)
         gbias = np.empty(block, dtype)
         for p in range(length):
-            grad_u[b, p, e0 : e0 + block] = zero
-        for k in range(directions):
-            group = k if directional else e0 // (channels // Bm.shape[2])
+            grad_u[b, q, p, e0 : e0 + block] = zero
+        for j in range(walks):
+            k = j * orders + q
+            group = j if directional else e0 // (channels // Bm.shape[3])
             load_direction(A, D, bias, k, e0, a2, dk, bk)
             g[:, :] = 0.0
             gA[:, :] = 0.0
@@ -280,9 +285,9 @@ def scan_backward(  # type: ignore[no-untyped-def]
                     states[0, n] = saved[b, k, s, n, e0 : e0 + block]
                 for t in range(t0, t1):
                     i = t - t0
-                    p = position(k, t, height, width, directional)
-                    urow = u[b, p, e0 : e0 + block]
-                    drow = delta[b, p, k, e0 : e0 + block]
+                    p = position(j, t, length)
+                    urow = u[b, q, p, e0 : e0 + block]
+                    drow = delta[b, q, p, j, e0 : e0 + block]
                     dtrow = dts[i]
                     sigrow = sigs[i]
                     for e in range(block):
@@ -293,7 +298,7 @@ def scan_backward(  # type: ignore[no-untyped-def]
                         dtrow[e] = raw
                         sigrow[e] = sig
                         du[e] = raw * urow[e]
-                    brow = Bm[b, p, group]
+                    brow = Bm[b, q, p, group]
                     for n in range(n_state):
                         bn = brow[n]
                         arow = a2[n]
@@ -307,18 +312,18 @@ def scan_backward(  # type: ignore[no-untyped-def]
                 # 2. The adjoint, backwards through the segment.
                 for t in range(t1 - 1, t0 - 1, -1):
                     i = t - t0
-                    p = position(k, t, height, width, directional)
-                    urow = u[b, p, e0 : e0 + block]
-                    gyrow = grad_y[b, p, e0 : e0 + block]
+                    p = position(j, t, length)
+                    urow = u[b, q, p, e0 : e0 + block]
+                    gyrow = grad_y[b, q, p, e0 : e0 + block]
                     dtrow = dts[i]
                     for e in range(block):
                         du[e] = dtrow[e] * urow[e]
                         gdt[e] = 0.0
                         gdu[e] = 0.0
-                    brow = Bm[b, p, group]
-                    crow = Cm[b, p, group]
-                    gbrow = grad_B[blk, b, p, group]
-                    gcrow = grad_C[blk, b, p, group]
+                    brow = Bm[b, q, p, group]
+                    crow = Cm[b, q, p, group]
+                    gbrow = grad_B[blk, b, q, p, group]
+                    gcrow = grad_C[blk, b, q, p, group]
                     for n in range(n_state):
                         bn = brow[n]
                         cn = crow[n]
@@ -342,8 +347,8 @@ def scan_backward(  # type: ignore[no-untyped-def]
                             grow[e] = a * gn
                         gbrow[n] = acc_b
                         gcrow[n] = acc_c
-                    gurow = grad_u[b, p, e0 : e0 + block]
-                    gdrow = grad_delta[b, p, k, e0 : e0 + block]
+                    gurow = grad_u[b, q, p, e0 : e0 + block]
+                    gdrow = grad_delta[b, q, p, j, e0 : e0 + block]
                     sigrow = sigs[i]
                     for e in range(block):
                         uu = urow[e]

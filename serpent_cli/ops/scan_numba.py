@@ -5,8 +5,9 @@ Two entry points share one pair of kernels (:mod:`serpent_cli.ops.numba_kernels`
 * :func:`selective_scan_numba` - mamba-ssm's ``selective_scan_fn`` contract, (batch,
   channels, L) tensors with B/C groups; it transposes to channels-last once (a copy of the
   inputs, cheap next to the N-fold work of the scan) and runs the kernel in plain mode.
-* :class:`DirectionalScan` - the four-direction scan of SS2D over image-order, channels-last
-  tensors, with no unrolled copies (DESIGN.md section 3); ``serpent_cli.ops.ss2d_scan`` calls it.
+* :class:`DirectionalScan` - the four-direction scan of SS2D over its two position orders
+  (row-major and column-major, channels last), with no unrolled copies (DESIGN.md section 3);
+  ``serpent_cli.ops.ss2d_scan_orders`` calls it.
 
 Compiled machine code is cached per user (see :func:`configure_cache`), so only the first
 run on a machine pays for compilation.
@@ -108,30 +109,30 @@ def channel_block(channels: int, batch: int, threads: int | None = None) -> int:
     return chosen
 
 
-def _run_forward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, keep):  # type: ignore[no-untyped-def]
-    """Run the forward kernel on channels-last tensors; returns y and the boundary states."""
-    batch, length, channels = u.shape
-    directions, n_state = delta.shape[2], A.shape[2]
+def _run_forward(u, delta, A, Bm, Cm, D, bias, softplus, directional, keep):  # type: ignore[no-untyped-def]
+    """Run the forward kernel on the kernel's layout (see numba_kernels); returns y and the boundary states."""
+    batch, orders, length, channels = u.shape
+    directions, n_state = orders * delta.shape[3], A.shape[2]
     dtype = u.dtype
-    groups = Bm.shape[2]
-    block = channel_block(channels if directional else channels // groups, batch, _threads())
-    y = torch.empty(batch, length, channels, dtype=dtype)
+    groups = Bm.shape[3]
+    block = channel_block(channels if directional else channels // groups, batch * orders, _threads())
+    y = torch.empty(batch, orders, length, channels, dtype=dtype)
     n_saved = -(-length // SEGMENT) if keep else 0
     saved = torch.empty(batch, directions, n_saved, n_state, channels, dtype=dtype)
     kernels.scan_forward(
         u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), D.numpy(), bias.numpy(), softplus,
-        height, width, directional, block, SEGMENT, y.numpy(), saved.numpy(),
+        directional, block, SEGMENT, y.numpy(), saved.numpy(),
     )
     return y, saved
 
 
-def _run_backward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directional, saved, grad_y):  # type: ignore[no-untyped-def]
+def _run_backward(u, delta, A, Bm, Cm, D, bias, softplus, directional, saved, grad_y):  # type: ignore[no-untyped-def]
     """Run the backward kernel; returns grads of (u, delta, A, Bm, Cm, D, bias), partials summed."""
-    batch, _, channels = u.shape
-    directions, n_state = delta.shape[2], A.shape[2]
-    groups = Bm.shape[2]
+    batch, orders, _, channels = u.shape
+    directions, n_state = orders * delta.shape[3], A.shape[2]
+    groups = Bm.shape[3]
     dtype = u.dtype
-    block = channel_block(channels if directional else channels // groups, batch, _threads())
+    block = channel_block(channels if directional else channels // groups, batch * orders, _threads())
     blocks = channels // block
     grad_u = torch.empty_like(u)
     grad_delta = torch.empty_like(delta)
@@ -144,7 +145,7 @@ def _run_backward(u, delta, A, Bm, Cm, D, bias, softplus, height, width, directi
     grad_bias = torch.empty(batch, directions, channels, dtype=dtype)
     kernels.scan_backward(
         u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), D.numpy(), bias.numpy(), softplus,
-        height, width, directional, block, SEGMENT, saved.numpy(), grad_y.numpy(),
+        directional, block, SEGMENT, saved.numpy(), grad_y.numpy(),
         grad_u.numpy(), grad_delta.numpy(), grad_A.numpy(), grad_B.numpy(), grad_C.numpy(),
         grad_D.numpy(), grad_bias.numpy(),
     )
@@ -163,39 +164,38 @@ class _PlainScan(torch.autograd.Function):
         dtype = _compute_dtype(u)
         channels = u.shape[1]
         zeros = torch.zeros(1, channels, dtype=dtype)
+        # The kernel's layout with one position order and one walk: (b, 1, L, [1 or groups,] ...).
         args = (
-            _contiguous(u.transpose(1, 2), dtype),
-            _contiguous(delta.transpose(1, 2).unsqueeze(2), dtype),
+            _contiguous(u.transpose(1, 2).unsqueeze(1), dtype),
+            _contiguous(delta.transpose(1, 2)[:, None, :, None], dtype),
             _contiguous(A.unsqueeze(0), dtype),
-            _contiguous(B.permute(0, 3, 1, 2), dtype),
-            _contiguous(C.permute(0, 3, 1, 2), dtype),
+            _contiguous(B.permute(0, 3, 1, 2).unsqueeze(1), dtype),
+            _contiguous(C.permute(0, 3, 1, 2).unsqueeze(1), dtype),
             zeros if D is None else _contiguous(D.unsqueeze(0), dtype),
             zeros if delta_bias is None else _contiguous(delta_bias.unsqueeze(0), dtype),
         )
         keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
-        y, saved = _run_forward(*args, bool(delta_softplus), 1, u.shape[2], False, keep)
+        y, saved = _run_forward(*args, bool(delta_softplus), False, keep)
         ctx.save_for_backward(*args, saved)
         ctx.softplus = bool(delta_softplus)
         ctx.has_D, ctx.has_bias = D is not None, delta_bias is not None
         ctx.dtypes = [t.dtype if t is not None else None for t in (u, delta, A, B, C, D, delta_bias)]
-        return y.transpose(1, 2).to(u.dtype)
+        return y[:, 0].transpose(1, 2).to(u.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):  # type: ignore[override]
         *args, saved = ctx.saved_tensors
         u = args[0]
-        gy = _contiguous(grad_y.transpose(1, 2), u.dtype)
-        g_u, g_delta, g_A, g_B, g_C, g_D, g_bias = _run_backward(
-            *args, ctx.softplus, 1, u.shape[1], False, saved, gy
-        )
+        gy = _contiguous(grad_y.transpose(1, 2).unsqueeze(1), u.dtype)
+        g_u, g_delta, g_A, g_B, g_C, g_D, g_bias = _run_backward(*args, ctx.softplus, False, saved, gy)
         dtypes = ctx.dtypes
         out = [
-            g_u.transpose(1, 2).to(dtypes[0]),
-            g_delta.squeeze(2).transpose(1, 2).to(dtypes[1]),
+            g_u[:, 0].transpose(1, 2).to(dtypes[0]),
+            g_delta[:, 0, :, 0].transpose(1, 2).to(dtypes[1]),
             g_A.squeeze(0).to(dtypes[2]),
-            g_B.permute(0, 2, 3, 1).to(dtypes[3]),
-            g_C.permute(0, 2, 3, 1).to(dtypes[4]),
+            g_B[:, 0].permute(0, 2, 3, 1).to(dtypes[3]),
+            g_C[:, 0].permute(0, 2, 3, 1).to(dtypes[4]),
             g_D.squeeze(0).to(dtypes[5]) if ctx.has_D else None,
             g_bias.squeeze(0).to(dtypes[6]) if ctx.has_bias else None,
         ]
@@ -203,16 +203,15 @@ class _PlainScan(torch.autograd.Function):
 
 
 class DirectionalScan(torch.autograd.Function):
-    """SS2D's four directions over image-order, channels-last tensors (``serpent_cli.ops.ss2d_scan``)."""
+    """SS2D's four directions over its two position orders (``serpent_cli.ops.ss2d_scan_orders``)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, height, width):  # type: ignore[override]
+    def forward(ctx, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]
         dtype = _compute_dtype(u)
         args = tuple(_contiguous(t, dtype) for t in (u, delta, A, B, C, D, delta_bias))
         keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
-        y, saved = _run_forward(*args, True, height, width, True, keep)
+        y, saved = _run_forward(*args, True, True, keep)
         ctx.save_for_backward(*args, saved)
-        ctx.shape = (height, width)
         ctx.dtypes = [t.dtype for t in (u, delta, A, B, C, D, delta_bias)]
         return y.to(u.dtype)
 
@@ -221,9 +220,8 @@ class DirectionalScan(torch.autograd.Function):
     def backward(ctx, grad_y):  # type: ignore[override]
         *args, saved = ctx.saved_tensors
         gy = _contiguous(grad_y, args[0].dtype)
-        grads = _run_backward(*args, True, *ctx.shape, True, saved, gy)
-        out = [g.to(dt) if need else None for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
-        return (*out, None, None)
+        grads = _run_backward(*args, True, True, saved, gy)
+        return tuple(g.to(dt) if need else None for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad))
 
 
 def selective_scan_numba(

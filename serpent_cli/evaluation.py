@@ -175,6 +175,7 @@ def evaluate(items: list[EvalImage], models: dict[str, Restore], *, folder: str 
     lpips_fn = LPIPS() if reason is None else None
     report = EvalReport(folder=folder, seed=seed, lpips_reason=reason)
     per_model: dict[str, list[dict[str, float | None]]] = {BASELINE_NAME: []} | {name: [] for name in models}
+    untouched: list[bool] = []
     for i, item in enumerate(items):
         scores: dict[str, dict[str, float | None]] = {BASELINE_NAME: score(item.degraded, item.clean, lpips_fn)}
         for name, restore in models.items():
@@ -185,19 +186,35 @@ def evaluate(items: list[EvalImage], models: dict[str, Restore], *, folder: str 
                 scores[name]["grid"] = grid_score(restored, item.clean, p) if p and p >= 2 else None
         if patches is not None:
             scores[BASELINE_NAME]["grid"] = None
+        untouched.append(torch.equal(item.degraded, item.clean))
         for name, s in scores.items():
             per_model[name].append(s)
-            report.rows.append({"image": item.key, "model": name, **s})
+            report.rows.append({"image": item.key, "model": name, **s, "untouched": untouched[-1]})
         if progress is not None:
             progress(i + 1, len(items))
     for name, scores_list in per_model.items():
-        entry: dict[str, object] = {"model": name, "images": len(scores_list)}
-        for metric in ("psnr", "ssim", "lpips", "grid"):
-            if scores_list and metric in scores_list[0]:
-                values = [s[metric] for s in scores_list]
-                entry[metric] = None if None in values else _mean(values)
-        report.summary.append(entry)
+        report.summary.append(_summarise(name, scores_list, untouched))
     return report
+
+
+def _summarise(name: str, scores_list: list[dict[str, float | None]], untouched: list[bool]) -> dict[str, object]:
+    """Means over the images the degradation changed; images it left untouched are scored apart.
+
+    The blind family leaves some photos exactly as they were (no blur, no noise, no JPEG): there the
+    input's PSNR is infinite (capped at 200 dB), which would swamp a mean, and what matters is
+    whether a model leaves the photo alone.  So ``psnr`` / ``ssim`` / ... average the changed
+    images, and ``untouched_images`` / ``untouched_psnr`` report the others (None when there are none).
+    """
+    changed = [s for s, same in zip(scores_list, untouched) if not same]
+    kept = [s for s, same in zip(scores_list, untouched) if same]
+    entry: dict[str, object] = {"model": name, "images": len(changed)}
+    for metric in ("psnr", "ssim", "lpips", "grid"):
+        if changed and metric in changed[0]:
+            values = [s[metric] for s in changed]
+            entry[metric] = None if None in values else _mean(values)
+    entry["untouched_images"] = len(kept)
+    entry["untouched_psnr"] = _mean([float(s["psnr"]) for s in kept]) if kept else None  # type: ignore[arg-type]
+    return entry
 
 
 REFERENCE_PHOTOS = ("kodak24/kodim03.png", "kodak24/kodim23.png")

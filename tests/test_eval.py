@@ -188,3 +188,30 @@ def test_blind_degradation_is_deterministic_and_recorded(serpent_cmd: list[str],
     bad = _eval(serpent_cmd, str(folder), "--weights", str(weights), "--degradation", "nonsense")
     assert bad.returncode == 2 and "benchmark, blind" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_untouched_images_are_scored_apart(data_dir: Path) -> None:
+    """A photo the degradation left exact (input PSNR capped at 200 dB) must not swamp the means."""
+    from serpent_cli.evaluation import EvalImage, evaluate
+
+    photos = sorted((data_dir / "kodak24").iterdir())[:3]
+    clean = [read_rgb(p)[:, :96, :96].contiguous() for p in photos]
+    degraded = [BENCHMARK(c.unsqueeze(0), generator=seeded_generator(p.name, 0))[0].clamp(0, 1)
+                for c, p in zip(clean, photos)]
+    items = [EvalImage(photos[0].name, clean[0], clean[0].clone()),  # untouched: degraded == clean
+             EvalImage(photos[1].name, clean[1], degraded[1]), EvalImage(photos[2].name, clean[2], degraded[2])]
+
+    def darken(x: torch.Tensor) -> torch.Tensor:
+        return x * 0.9
+
+    report = evaluate(items, {"identity": lambda x: x, "darken": darken}, use_lpips=False)
+    rows = {r["model"]: r for r in report.summary}
+    changed_psnr = [r["psnr"] for r in report.rows if r["model"] == "degraded input" and not r["untouched"]]
+    assert len(changed_psnr) == 2 and rows["degraded input"]["images"] == 2
+    assert rows["degraded input"]["psnr"] == pytest.approx(sum(changed_psnr) / 2)  # not pulled up by 200 dB
+    assert rows["degraded input"]["psnr"] < 40
+    assert rows["identity"]["untouched_images"] == 1 and rows["identity"]["untouched_psnr"] > 100
+    darkened = float(-10 * torch.log10((clean[0] * 0.1).pow(2).mean()))
+    assert rows["darken"]["untouched_psnr"] == pytest.approx(darkened, abs=1e-3)  # harm on an exact photo shows
+    benchmark_only = evaluate(items[1:], {"identity": lambda x: x}, use_lpips=False)
+    assert benchmark_only.summary[0]["untouched_images"] == 0 and benchmark_only.summary[0]["untouched_psnr"] is None

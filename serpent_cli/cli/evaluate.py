@@ -134,10 +134,22 @@ def evaluate_command(
     table.add_column("SSIM", justify="right")
     table.add_column("LPIPS", justify="right")
     table.add_column("grid", justify="right")
+    kept = int(report.summary[0]["untouched_images"]) if report.summary else 0  # type: ignore[call-overload]
+    if kept:
+        table.add_column(f"untouched ({kept}) PSNR", justify="right")
+
+    def cell(value: object, digits: int) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, float) else "n/a"
+
     for row in report.summary:
-        lp = f"{row['lpips']:.4f}" if "lpips" in row else "n/a"
-        grid = f"{row['grid']:.3f}" if isinstance(row.get("grid"), float) else "n/a"
-        table.add_row(str(row["model"]), f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", lp, grid)
+        columns = (("psnr", 2), ("ssim", 4), ("lpips", 4), ("grid", 3))
+        cells = [cell(row.get(metric), digits) for metric, digits in columns]
+        if kept:
+            cells.append(cell(row.get("untouched_psnr"), 2))
+        table.add_row(str(row["model"]), *cells)
     out_console.print(table)
+    if kept:
+        out_console.print(f"{kept} image(s) the degradation left untouched are scored apart (the input is exact "
+                          "there); the other columns average the changed images.")
     if report.lpips_reason and lpips:
         out_console.print(report.lpips_reason)

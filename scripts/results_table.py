@@ -104,6 +104,11 @@ def print_table(results: dict[str, dict[str, dict]], gflops: dict[str, float], s
         print(f"| {name} | {flops} | " + " | ".join(cells) + " |")
     count = {s: results["degraded input"][s]["images"] for s in sets if s in results["degraded input"]}
     print("\nimages per set: " + ", ".join(f"{s} {n}" for s, n in count.items()))
+    kept = {s: results["degraded input"][s].get("untouched_images", 0) for s in count}
+    for s, n in kept.items():
+        if n:
+            scores = ", ".join(f"{m} {results[m][s]['untouched_psnr']:.2f}" for m in order[1:] if s in results[m])
+            print(f"{s}: {n} image(s) left untouched by the degradation, scored apart (PSNR to the photo): {scores}")
     grids = {n: r["kodak24"].get("grid") for n, r in results.items() if "kodak24" in r and r["kodak24"].get("grid")}
     if grids:
         print("patch-grid score on kodak24 (1.0 = no grid): " + ", ".join(f"{n} {g:.3f}" for n, g in grids.items()))

@@ -89,23 +89,20 @@ class SS2D(nn.Module):
 
         x is stored row-major and column-major (:func:`to_scan_orders`); direction k = 2 j + q
         walks order q forwards or backwards, so x_proj / dt_proj of direction k run on order q.
-        Per order, one matmul gives both walks' [dt | B | C] and one more (block-diagonal over
-        the walks) gives both deltas, contiguous in the kernel's layout: no per-direction einsum.
+        Per order, one matmul gives both walks' [dt | B | C]; dt_proj runs inside the kernel
+        (R-wide inputs), so neither a per-direction einsum nor the (B, 2, L, 2, E) delta exists.
         """
-        b, e, h, w = x.shape
+        _, e, h, w = x.shape
         n, r = self.n_state, self.dt_rank
         xq = to_scan_orders(x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1))  # (B, 2, L, E)
         weight = self.x_proj_weight.view(2, 2, r + 2 * n, e).transpose(0, 1)  # (order q, walk j, R + 2N, E)
         parts = torch.split(weight, [r, n, n], dim=2)
         proj = torch.cat([part.reshape(2, -1, e) for part in parts], dim=1).transpose(1, 2)  # (2, E, 2(R+2N))
         x_dbl = torch.matmul(xq, proj)  # (B, 2, L, [dt_j0 dt_j1 | B_j0 B_j1 | C_j0 C_j1])
-        dts, Bs, Cs = torch.split(x_dbl, [2 * r, 2 * n, 2 * n], dim=3)
-        dt_weight = self.dt_proj_weight.view(2, 2, e, r)  # (walk j, order q, E, R)
-        dt_blocks = torch.stack([torch.block_diag(dt_weight[0, q].t(), dt_weight[1, q].t()) for q in range(2)])
-        deltas = torch.matmul(dts, dt_blocks).view(b, 2, h * w, 2, e)  # (B, 2, L, 2, E)
+        dts, Bs, Cs = (t.unflatten(3, (2, -1)) for t in torch.split(x_dbl, [2 * r, 2 * n, 2 * n], dim=3))
         A, D, bias = self._ssm_tensors()
-        y = ss2d_scan_orders(xq, deltas, A.view(NUM_DIRECTIONS, e, n), Bs.unflatten(3, (2, n)),
-                             Cs.unflatten(3, (2, n)), D.view(NUM_DIRECTIONS, e), bias)
+        y = ss2d_scan_orders(xq, dts, A.view(NUM_DIRECTIONS, e, n), Bs, Cs, D.view(NUM_DIRECTIONS, e), bias,
+                             dt_weight=self.dt_proj_weight)
         return from_scan_orders(y, h, w)
 
     def _scan_unrolled(self, x: torch.Tensor) -> torch.Tensor:

@@ -266,18 +266,21 @@ def ss2d_scan_orders(
     C: torch.Tensor,
     D: torch.Tensor,
     delta_bias: torch.Tensor,
+    dt_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SS2D's four-direction scan (numba backend) on the two position orders, softplus on delta.
 
     Direction k = 2 j + q walks order q (0 row-major, 1 column-major; see
     :func:`to_scan_orders`) forwards (j = 0) or backwards (j = 1).  u: (b, 2, L, E);
     delta: (b, 2, L, 2, E) raw, [:, q, :, j] for direction 2 j + q; A: (4, E, N); B, C:
-    (b, 2, L, 2, N) likewise; D, delta_bias: (4, E).  Returns (b, 2, L, E): per order, the sum
-    of its two walks (+ D u), in that order; :func:`from_scan_orders` adds them in image order.
+    (b, 2, L, 2, N) likewise; D, delta_bias: (4, E).  With ``dt_weight`` (4, E, R), ``delta``
+    is instead the (b, 2, L, 2, R) input of dt_proj, applied per step inside the kernel (the
+    (b, 2, L, 2, E) delta tensor is never made).  Returns (b, 2, L, E): per order, the sum of
+    its two walks (+ D u), in that order; :func:`from_scan_orders` adds them in image order.
     """
     from serpent_cli.ops.scan_numba import DirectionalScan
 
-    return DirectionalScan.apply(u, delta, A, B, C, D, delta_bias)
+    return DirectionalScan.apply(u, delta, dt_weight, A, B, C, D, delta_bias)
 
 
 def ss2d_scan(

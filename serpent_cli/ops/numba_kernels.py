@@ -26,7 +26,10 @@ Why this shape (DESIGN.md section 3, backend 4):
 Array conventions (all C-contiguous, same float dtype); Q position orders (2 in directional
 mode, 1 in plain mode), J walks per order (forwards, then backwards when J = 2), direction
 k = j * Q + q:
-    u (b, Q, L, E); delta (b, Q, L, J, E) raw (before bias / softplus); A (K, E, N);
+    u (b, Q, L, E); delta (b, Q, L, J, E) raw (before bias / softplus), or in low-rank mode
+    (``dt_weight`` (K, R, E) with R > 0) delta (b, Q, L, J, R), the dt_proj inputs, each
+    step's delta being delta[..., :] @ dt_weight[k] (never stored: R is 1-32, E up to 1024,
+    so this saves the largest tensor of the scan); A (K, E, N);
     Bm, Cm (b, Q, L, G, N) with G = J in directional mode, G = groups in plain mode;
     D, bias (K, E); y (b, Q, L, E), the sum of order q's walks, in order q.
 """
@@ -160,8 +163,27 @@ def load_direction(A, D, bias, k, e0, a2, dk, bk):  # type: ignore[no-untyped-de
         bk[e] = bias[k, e0 + e]
 
 
+@numba.njit(inline="always")
+def raw_delta(delta, dt_weight, b, q, p, j, k, e0, bk, raw):  # type: ignore[no-untyped-def]
+    """raw[e] = delta bias + delta of one step: given (full mode) or dts @ dt_weight[k] (low-rank mode)."""
+    block = raw.shape[0]
+    rank = dt_weight.shape[1]
+    if rank > 0:
+        for e in range(block):
+            raw[e] = bk[e]
+        for r in range(rank):
+            x = delta[b, q, p, j, r]
+            wrow = dt_weight[k, r, e0 : e0 + block]
+            for e in range(block):
+                raw[e] += x * wrow[e]
+    else:
+        drow = delta[b, q, p, j, e0 : e0 + block]
+        for e in range(block):
+            raw[e] = drow[e] + bk[e]
+
+
 @numba.njit(parallel=True, **JIT)
-def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, directional, block, segment, y, saved):  # type: ignore[no-untyped-def]
+def scan_forward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional, block, segment, y, saved):  # type: ignore[no-untyped-def]
     """y[:, q] = sum over the walks of order q of the scan (+ D u); saved[b, k, s] = state before step s * segment.
 
     ``saved`` has a zero-length segment axis when no backward will follow (inference).
@@ -181,6 +203,7 @@ def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, directional, block, seg
         dt = np.empty(block, dtype)
         du = np.empty(block, dtype)
         acc = np.empty(block, dtype)
+        raws = np.empty(block, dtype)
         dk = np.empty(block, dtype)
         bk = np.empty(block, dtype)
         for j in range(walks):
@@ -194,9 +217,9 @@ def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, directional, block, seg
                         saved[b, k, t // segment, n, e0 : e0 + block] = h[n]
                 p = position(j, t, length)
                 urow = u[b, q, p, e0 : e0 + block]
-                drow = delta[b, q, p, j, e0 : e0 + block]
+                raw_delta(delta, dt_weight, b, q, p, j, k, e0, bk, raws)
                 for e in range(block):
-                    raw = drow[e] + bk[e]
+                    raw = raws[e]
                     if softplus:
                         raw = softplus_parts(raw)[0]
                     dt[e] = raw
@@ -223,17 +246,18 @@ def scan_forward(u, delta, A, Bm, Cm, D, bias, softplus, directional, block, seg
 
 @numba.njit(parallel=True, **JIT)
 def scan_backward(  # type: ignore[no-untyped-def]
-    u, delta, A, Bm, Cm, D, bias, softplus, directional, block, segment, saved, grad_y,
-    grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias,
+    u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional, block, segment, saved, grad_y,
+    grad_u, grad_delta, grad_dt_weight, grad_A, grad_B, grad_C, grad_D, grad_bias,
 ):
     """Analytic gradients, walking each direction backwards one segment at a time.
 
     Per segment the states are recomputed from the saved boundary state into a small
     buffer, then the adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs backwards through it.
-    Outputs: grad_u (b, Q, L, E) and grad_delta (b, Q, L, J, E) written in full; grad_B,
-    grad_C (blocks, b, Q, L, G, N) one partial per channel block (summed by the caller;
-    zeroed by the caller where a block does not write); grad_A (b, K, E, N), grad_D,
-    grad_bias (b, K, E) one partial per batch element.
+    Outputs: grad_u (b, Q, L, E) written in full; grad_delta (1, b, Q, L, J, E) in full mode
+    (every block writes its channels) or (blocks, b, Q, L, J, R) in low-rank mode, grad_B,
+    grad_C (blocks, b, Q, L, G, N): one partial per channel block (summed by the caller;
+    zeroed by the caller where a block does not write); grad_A (b, K, E, N), grad_dt_weight
+    (b, K, R, E), grad_D, grad_bias (b, K, E): one partial per batch element.
     """
     batch, orders, length, channels = u.shape
     walks = delta.shape[3]
@@ -262,6 +286,11 @@ def scan_backward(  # type: ignore[no-untyped-def]
         bk = np.empty(block, dtype)
         gD = np.empty(block, dtype)
         gbias = np.empty(block, dtype)
+        raws = np.empty(block, dtype)
+        grows = np.empty(block, dtype)
+        rank = dt_weight.shape[1]
+        gW = np.empty((rank, block), dtype)
+        gslot = blk if rank > 0 else 0
         for p in range(length):
             grad_u[b, q, p, e0 : e0 + block] = zero
         for j in range(walks):
@@ -276,6 +305,7 @@ def scan_backward(  # type: ignore[no-untyped-def]
             for e in range(block):
                 gD[e] = 0.0
                 gbias[e] = 0.0
+            gW[:, :] = 0.0
             n_segments = (length + segment - 1) // segment
             for s in range(n_segments - 1, -1, -1):
                 t0 = s * segment
@@ -287,11 +317,11 @@ def scan_backward(  # type: ignore[no-untyped-def]
                     i = t - t0
                     p = position(j, t, length)
                     urow = u[b, q, p, e0 : e0 + block]
-                    drow = delta[b, q, p, j, e0 : e0 + block]
                     dtrow = dts[i]
                     sigrow = sigs[i]
+                    raw_delta(delta, dt_weight, b, q, p, j, k, e0, bk, raws)
                     for e in range(block):
-                        raw = drow[e] + bk[e]
+                        raw = raws[e]
                         sig = one
                         if softplus:
                             raw, sig = softplus_parts(raw)
@@ -348,18 +378,32 @@ def scan_backward(  # type: ignore[no-untyped-def]
                         gbrow[n] = acc_b
                         gcrow[n] = acc_c
                     gurow = grad_u[b, q, p, e0 : e0 + block]
-                    gdrow = grad_delta[b, q, p, j, e0 : e0 + block]
                     sigrow = sigs[i]
                     for e in range(block):
                         uu = urow[e]
                         gurow[e] += gdu[e] * dtrow[e] + dk[e] * gyrow[e]
                         graw = (gdt[e] + gdu[e] * uu) * sigrow[e]
-                        gdrow[e] = graw
+                        grows[e] = graw
                         gbias[e] += graw
                         gD[e] += gyrow[e] * uu
+                    if rank > 0:  # back through delta = dts @ dt_weight[k]
+                        for r in range(rank):
+                            x = delta[b, q, p, j, r]
+                            wrow = dt_weight[k, r, e0 : e0 + block]
+                            gwrow = gW[r]
+                            acc_x = zero
+                            for e in range(block):
+                                acc_x += grows[e] * wrow[e]
+                                gwrow[e] += grows[e] * x
+                            grad_delta[gslot, b, q, p, j, r] = acc_x
+                    else:
+                        grad_delta[gslot, b, q, p, j, e0 : e0 + block] = grows
             for n in range(n_state):
                 for e in range(block):
                     grad_A[b, k, e0 + e, n] = gA[n, e]
             for e in range(block):
                 grad_D[b, k, e0 + e] = gD[e]
                 grad_bias[b, k, e0 + e] = gbias[e]
+            for r in range(rank):
+                for e in range(block):
+                    grad_dt_weight[b, k, r, e0 + e] = gW[r, e]

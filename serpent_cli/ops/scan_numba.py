@@ -109,7 +109,7 @@ def channel_block(channels: int, batch: int, threads: int | None = None) -> int:
     return chosen
 
 
-def _run_forward(u, delta, A, Bm, Cm, D, bias, softplus, directional, keep):  # type: ignore[no-untyped-def]
+def _run_forward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional, keep):  # type: ignore[no-untyped-def]
     """Run the forward kernel on the kernel's layout (see numba_kernels); returns y and the boundary states."""
     batch, orders, length, channels = u.shape
     directions, n_state = orders * delta.shape[3], A.shape[2]
@@ -120,22 +120,25 @@ def _run_forward(u, delta, A, Bm, Cm, D, bias, softplus, directional, keep):  # 
     n_saved = -(-length // SEGMENT) if keep else 0
     saved = torch.empty(batch, directions, n_saved, n_state, channels, dtype=dtype)
     kernels.scan_forward(
-        u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), D.numpy(), bias.numpy(), softplus,
-        directional, block, SEGMENT, y.numpy(), saved.numpy(),
+        u.numpy(), delta.numpy(), dt_weight.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), D.numpy(), bias.numpy(),
+        softplus, directional, block, SEGMENT, y.numpy(), saved.numpy(),
     )
     return y, saved
 
 
-def _run_backward(u, delta, A, Bm, Cm, D, bias, softplus, directional, saved, grad_y):  # type: ignore[no-untyped-def]
-    """Run the backward kernel; returns grads of (u, delta, A, Bm, Cm, D, bias), partials summed."""
+def _run_backward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional, saved, grad_y):  # type: ignore[no-untyped-def]
+    """Run the backward kernel; grads of (u, delta, dt_weight, A, Bm, Cm, D, bias), partials summed."""
     batch, orders, _, channels = u.shape
     directions, n_state = orders * delta.shape[3], A.shape[2]
     groups = Bm.shape[3]
     dtype = u.dtype
     block = channel_block(channels if directional else channels // groups, batch * orders, _threads())
     blocks = channels // block
+    rank = dt_weight.shape[1]
     grad_u = torch.empty_like(u)
-    grad_delta = torch.empty_like(delta)
+    # Full delta: every block writes its own channels; low-rank: one partial per block.
+    grad_delta = torch.empty(blocks if rank else 1, *delta.shape, dtype=dtype)
+    grad_dt_weight = torch.empty(batch, *dt_weight.shape, dtype=dtype)
     grad_A = torch.empty(batch, directions, channels, n_state, dtype=dtype)
     # Every block writes its own group's slots of its partial; the others must read as zero.
     make = torch.zeros if (not directional and groups > 1) else torch.empty
@@ -144,12 +147,13 @@ def _run_backward(u, delta, A, Bm, Cm, D, bias, softplus, directional, saved, gr
     grad_D = torch.empty(batch, directions, channels, dtype=dtype)
     grad_bias = torch.empty(batch, directions, channels, dtype=dtype)
     kernels.scan_backward(
-        u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), D.numpy(), bias.numpy(), softplus,
-        directional, block, SEGMENT, saved.numpy(), grad_y.numpy(),
-        grad_u.numpy(), grad_delta.numpy(), grad_A.numpy(), grad_B.numpy(), grad_C.numpy(),
-        grad_D.numpy(), grad_bias.numpy(),
+        u.numpy(), delta.numpy(), dt_weight.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), D.numpy(), bias.numpy(),
+        softplus, directional, block, SEGMENT, saved.numpy(), grad_y.numpy(),
+        grad_u.numpy(), grad_delta.numpy(), grad_dt_weight.numpy(), grad_A.numpy(), grad_B.numpy(),
+        grad_C.numpy(), grad_D.numpy(), grad_bias.numpy(),
     )
-    return grad_u, grad_delta, grad_A.sum(0), grad_B.sum(0), grad_C.sum(0), grad_D.sum(0), grad_bias.sum(0)
+    partials = (grad_delta, grad_dt_weight, grad_A, grad_B, grad_C, grad_D, grad_bias)
+    return (grad_u, *(g.sum(0) for g in partials))
 
 
 def _contiguous(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -168,6 +172,7 @@ class _PlainScan(torch.autograd.Function):
         args = (
             _contiguous(u.transpose(1, 2).unsqueeze(1), dtype),
             _contiguous(delta.transpose(1, 2)[:, None, :, None], dtype),
+            torch.empty(1, 0, channels, dtype=dtype),  # full delta: no dt weight
             _contiguous(A.unsqueeze(0), dtype),
             _contiguous(B.permute(0, 3, 1, 2).unsqueeze(1), dtype),
             _contiguous(C.permute(0, 3, 1, 2).unsqueeze(1), dtype),
@@ -188,7 +193,7 @@ class _PlainScan(torch.autograd.Function):
         *args, saved = ctx.saved_tensors
         u = args[0]
         gy = _contiguous(grad_y.transpose(1, 2).unsqueeze(1), u.dtype)
-        g_u, g_delta, g_A, g_B, g_C, g_D, g_bias = _run_backward(*args, ctx.softplus, False, saved, gy)
+        g_u, g_delta, _, g_A, g_B, g_C, g_D, g_bias = _run_backward(*args, ctx.softplus, False, saved, gy)
         dtypes = ctx.dtypes
         out = [
             g_u[:, 0].transpose(1, 2).to(dtypes[0]),
@@ -203,16 +208,25 @@ class _PlainScan(torch.autograd.Function):
 
 
 class DirectionalScan(torch.autograd.Function):
-    """SS2D's four directions over its two position orders (``serpent_cli.ops.ss2d_scan_orders``)."""
+    """SS2D's four directions over its two position orders (``serpent_cli.ops.ss2d_scan_orders``).
+
+    ``dt_weight`` None: ``delta`` is the full (b, 2, L, 2, E) delta; else ``delta`` is the
+    (b, 2, L, 2, R) input of dt_proj and ``dt_weight`` (4, E, R) its weight, applied in the kernel.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias):  # type: ignore[override]
+    def forward(ctx, u, delta, dt_weight, A, B, C, D, delta_bias):  # type: ignore[override]
         dtype = _compute_dtype(u)
-        args = tuple(_contiguous(t, dtype) for t in (u, delta, A, B, C, D, delta_bias))
+        if dt_weight is None:
+            weight = torch.empty(A.shape[0], 0, u.shape[-1], dtype=dtype)
+        else:
+            weight = _contiguous(dt_weight.transpose(1, 2), dtype)  # (4, R, E): rows over channels
+        args = tuple(_contiguous(t, dtype) for t in (u, delta))
+        args += (weight, *(_contiguous(t, dtype) for t in (A, B, C, D, delta_bias)))
         keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
         y, saved = _run_forward(*args, True, True, keep)
         ctx.save_for_backward(*args, saved)
-        ctx.dtypes = [t.dtype for t in (u, delta, A, B, C, D, delta_bias)]
+        ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, dt_weight, A, B, C, D, delta_bias)]
         return y.to(u.dtype)
 
     @staticmethod
@@ -220,7 +234,8 @@ class DirectionalScan(torch.autograd.Function):
     def backward(ctx, grad_y):  # type: ignore[override]
         *args, saved = ctx.saved_tensors
         gy = _contiguous(grad_y, args[0].dtype)
-        grads = _run_backward(*args, True, True, saved, gy)
+        grads = list(_run_backward(*args, True, True, saved, gy))
+        grads[2] = grads[2].transpose(1, 2)  # back to dt_weight's (4, E, R)
         return tuple(g.to(dt) if need else None for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad))
 
 

@@ -62,6 +62,31 @@ def test_auto_tile_size_follows_free_memory() -> None:
     assert large > small and large % tiling.TILE_MULTIPLE == 0
 
 
+def _processed_pixels(height: int, width: int, tile: int, overlap: int) -> int:
+    if tile == 0:
+        return height * width
+    th, tw = min(tile, height), min(tile, width)
+    return len(tiling.tile_starts(height, th, overlap)) * len(tiling.tile_starts(width, tw, overlap)) * th * tw
+
+
+@pytest.mark.parametrize(("height", "width", "max_side"),
+                         [(3000, 4000, 3360), (3000, 4000, 1024), (512, 768, 600), (100, 5000, 2000),
+                          (6000, 8000, 2000), (777, 1234, 700)])
+def test_auto_tile_covers_the_image_with_few_pixels(height: int, width: int, max_side: int) -> None:
+    """Within the memory limit, the chosen tile wastes less than the largest tile that fits."""
+    tile = tiling.fit_tile(height, width, max_side, 32)
+    assert 0 < tile <= max_side and tile % tiling.TILE_MULTIPLE == 0
+    chosen = _processed_pixels(height, width, tile, 32)
+    largest = _processed_pixels(height, width, max_side // 32 * 32, 32)
+    assert chosen <= largest
+    assert chosen <= 1.4 * height * width  # overlaps, not whole duplicated tiles
+
+
+def test_auto_tile_is_the_whole_image_when_it_fits() -> None:
+    assert tiling.fit_tile(512, 768, 768, 32) == 0
+    assert tiling.fit_tile(3000, 4000, 3360, 32) == 1024  # 12 tiles, 12.6 M pixels (two 3360 tiles: 20 M)
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(("folder", "box"), [("kodak24", (300, 200, 460, 328)), ("set14", (0, 0, 160, 128))])
 def test_tiled_serpent_matches_untiled_on_real_photos(data_dir, folder: str, box: tuple[int, int, int, int]) -> None:

@@ -33,6 +33,23 @@ def compose(columns: list[tuple[str, Path]], rows: int = 1) -> Image.Image:
     return sheet
 
 
+def compose_labelled(rows: list[list[tuple[str, Image.Image]]]) -> Image.Image:
+    """Rows of images, each image with its own label strip above it (labels differ per row)."""
+    images = [[image.convert("RGB") for _, image in row] for row in rows]
+    w, h = images[0][0].size
+    per_row = max(len(row) for row in rows)
+    cell_h = LABEL_HEIGHT + h
+    sheet = Image.new("RGB", (per_row * (w + GAP) - GAP, len(rows) * (cell_h + GAP) - GAP), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for r, (row, row_images) in enumerate(zip(rows, images)):
+        for c, ((label, _), image) in enumerate(zip(row, row_images)):
+            x, y = c * (w + GAP), r * (cell_h + GAP)
+            draw.text((x + 4, y + 3), label, fill="black", font=font)
+            sheet.paste(image.resize((w, h)), (x, y + LABEL_HEIGHT))
+    return sheet
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
         print(__doc__.strip(), file=sys.stderr)

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from serpent_cli.config import VARIANTS
+from serpent_cli.models.registry import VARIANTS
 from serpent_cli.ops import selective_scan, ss2d_scan
 
 K = 4

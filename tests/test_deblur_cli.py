@@ -21,7 +21,7 @@ import torch
 from deblur_helpers import crop, make_weights, one_thread, run  # noqa: F401  (one_thread: fixture)
 from PIL import Image, ImageCms
 
-from serpent_cli.imageio import ORIENTATION_TAG, read_picture
+from serpent_cli.io.imageio import ORIENTATION_TAG, read_picture
 from serpent_cli.restore import Restorer, RestoreReport
 
 

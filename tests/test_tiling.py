@@ -10,7 +10,7 @@ import torch
 from deblur_helpers import one_thread  # noqa: F401  (fixture)
 from PIL import Image
 
-from serpent_cli import tiling
+from serpent_cli.io import tiling as tiling
 
 
 @pytest.mark.parametrize(("size", "tile", "overlap"), [(100, 32, 8), (67, 64, 16), (64, 64, 8), (33, 128, 8)])
@@ -66,7 +66,7 @@ def test_auto_tile_size_follows_free_memory() -> None:
 @pytest.mark.parametrize(("folder", "box"), [("kodak24", (300, 200, 460, 328)), ("set14", (0, 0, 160, 128))])
 def test_tiled_serpent_matches_untiled_on_real_photos(data_dir, folder: str, box: tuple[int, int, int, int]) -> None:
     """A real network on real photos: tile 64 / overlap 32 against one pass (measured about 80 dB)."""
-    from serpent_cli.models import create_model
+    from serpent_cli.factory import create_model
     from serpent_cli.restore import Restorer
 
     torch.manual_seed(0)

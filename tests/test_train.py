@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from serpent_cli.models import create_model
-from serpent_cli.training import load_state, state_files
-from serpent_cli.weights import load_model
+from serpent_cli.factory import create_model
+from serpent_cli.hub.weights import load_model
+from serpent_cli.training.loop import load_state, state_files
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
 

@@ -17,12 +17,13 @@ local torch hub cache: this module never downloads anything, and says why LPIPS 
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from serpent_cli.degradation.benchmark import gaussian_kernel_1d
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -50,13 +51,6 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
     return out[0] if single else out
 
 
-@functools.cache
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    return k / k.sum()
-
-
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean SSIM per image (Gaussian window 11 / 1.5, per channel, averaged); (N,) or a scalar."""
     single = pred.dim() == 3
@@ -66,7 +60,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
     _, c, h, w = p.shape
     if h < SSIM_WINDOW or w < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
-    k = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA)
+    k = gaussian_kernel_1d(SSIM_WINDOW, SSIM_SIGMA, dtype=torch.float64)  # the blur's kernel, SSIM's window
     kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
     ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
 
@@ -154,4 +148,5 @@ class LPIPS:
 
 
 def mean_or_nan(values: list[float]) -> float:
+    """Mean of per-image scores (exact sum); NaN for none, so an empty set never reads as a score."""
     return math.fsum(values) / len(values) if values else float("nan")

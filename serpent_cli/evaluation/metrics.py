@@ -32,18 +32,23 @@ SSIM_K2 = 0.03
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 
 
-def _as_batch(x: torch.Tensor) -> torch.Tensor:
+def _as_batch(x: torch.Tensor, on_device: bool = False) -> torch.Tensor:
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4:
         raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
-    return x.detach().to("cpu", torch.float64)
+    return x.detach() if on_device else x.detach().to("cpu", torch.float64)
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR in dB per image of a batch ((N,) tensor; a scalar tensor for one (C, H, W) image)."""
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, *,
+         on_device: bool = False) -> torch.Tensor:
+    """PSNR in dB per image of a batch ((N,) tensor; a scalar tensor for one (C, H, W) image).
+
+    Scores are float64 on the CPU; ``on_device`` keeps the tensors' own device and dtype instead (the
+    training loop's running PSNR: no copy to the host, so no sync per step).
+    """
     single = pred.dim() == 3
-    p, t = _as_batch(pred), _as_batch(target)
+    p, t = _as_batch(pred, on_device), _as_batch(target, on_device)
     if p.shape != t.shape:
         raise ValueError(f"shape mismatch: {tuple(p.shape)} vs {tuple(t.shape)}")
     mse = (p - t).pow(2).flatten(1).mean(1)

@@ -53,6 +53,7 @@ from serpent_cli.degradation.family import degradation_by_name
 from serpent_cli.device import resolve_device, resolve_precision
 from serpent_cli.errors import ReportedByAnotherRank, SerpentError, UsageError, first_line
 from serpent_cli.evaluation.evaluate import BASELINE_NAME, EvalImage, evaluate, load_eval_set, model_restorer
+from serpent_cli.evaluation.metrics import psnr
 from serpent_cli.factory import create_model
 from serpent_cli.hub.weights import save_model
 from serpent_cli.io.folders import scan_image_folder, scan_image_folders
@@ -624,8 +625,9 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     step = start_step
     prior_elapsed = float(state.get("elapsed_s", 0.0)) if state else 0.0
     t_last, n_last, t0 = time.perf_counter(), step, time.perf_counter()
-    loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
-    grad_norm = torch.zeros(())
+    # Running sums stay on the device: read back only when a log row is written (no host sync per step).
+    loss_sum, psnr_sum, n_sum = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    grad_norm = torch.zeros((), device=device)
     if main and val_items and start_step == 0:
         stats = run_validation(0)
         log.write({"step": 0, "epoch": 0.0, **stats})  # type: ignore[union-attr]
@@ -661,9 +663,8 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             step += 1
             ema.update(model, step)
             with torch.no_grad():
-                mse = (out.detach().clamp(0, 1) - clean).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-                psnr_sum += float((10 * torch.log10(1 / mse)).mean())
-            loss_sum += float(loss.detach())
+                psnr_sum += psnr(out.detach().clamp(0, 1), clean, on_device=True).mean()
+                loss_sum += loss.detach()
             n_sum += 1
             sync = step % opts.save_every == 0 or step == total or (bool(opts.val) and step % opts.val_every == 0)
             if not main:
@@ -674,9 +675,10 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             it_s = (step - n_last) / max(now - t_last, 1e-9)
             row: dict[str, Any] = {}
             if step % opts.log_every == 0 or step == total:
-                row = {"loss": loss_sum / n_sum, "train_psnr": psnr_sum / n_sum, "lr": step_lr, "it_s": it_s,
-                       "grad_norm": float(grad_norm)}
-                loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
+                row = {"loss": float(loss_sum) / n_sum, "train_psnr": float(psnr_sum) / n_sum, "lr": step_lr,
+                       "it_s": it_s, "grad_norm": float(grad_norm)}
+                loss_sum.zero_(), psnr_sum.zero_()
+                n_sum = 0
                 t_last, n_last = now, step
             if val_items and (step % opts.val_every == 0 or step == total):
                 row |= run_validation(step)
@@ -689,8 +691,9 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
                     for k, v in row.items():
                         if k not in ("step", "epoch") and isinstance(v, float):
                             tb.add_scalar(k, v, step)
-            reporter.step(step, {"loss": float(loss.detach()), "it_s": it_s} | {k: v for k, v in row.items()
-                                                                                  if k in ("train_psnr", "val_psnr")})
+            # The loss shown is the logged mean (every --log-every steps): reading it each step would sync.
+            reporter.step(step, {"it_s": it_s} | {k: v for k, v in row.items()
+                                                  if k in ("loss", "train_psnr", "val_psnr")})
             if step % opts.save_every == 0 or step == total or stop.requested:
                 save_or_explain(step)
             if sync:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from serpent_cli.config import VARIANTS
+from serpent_cli.models.registry import VARIANTS
 from serpent_cli.ops import selective_scan, ss2d_scan_orders, to_scan_orders
 
 K = 4

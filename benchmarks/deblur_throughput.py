@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from serpent_cli.models import create_model
-from serpent_cli.weights import bundled_weights_dir, save_model
+from serpent_cli.factory import create_model
+from serpent_cli.hub.local import bundled_weights_dir
+from serpent_cli.hub.weights import save_model
 
 
 def main() -> None:

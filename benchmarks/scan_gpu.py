@@ -326,7 +326,7 @@ def stage_sweep(args: argparse.Namespace, device: torch.device, shapes: list) ->
 
 def stage_models(args: argparse.Namespace, device: torch.device, backends: list[str]) -> list[dict]:
     """Whole-network forward+backward (batch 1, Adam-free: loss.backward only) per scan backend."""
-    from serpent_cli.models import create_model
+    from serpent_cli.factory import create_model
 
     rows = []
     sizes = [16] if args.cpu_smoke else args.model_sizes

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from serpent_cli.degradation import Degradation
-from serpent_cli.evaluation import BASELINE_NAME, evaluate, load_eval_set, model_restorer
-from serpent_cli.models import create_model
-from serpent_cli.weights import load_model
+from serpent_cli.degradation.benchmark import Degradation
+from serpent_cli.evaluation.evaluate import BASELINE_NAME, evaluate, load_eval_set, model_restorer
+from serpent_cli.factory import create_model
+from serpent_cli.hub.weights import load_model
 
 CHECKS = {
     "clean input (no harm)": Degradation(kernel_size=1, blur_sigma=0.0, noise_sigma=0.0),

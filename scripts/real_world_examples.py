@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 from side_by_side import compose_labelled
 
-from serpent_cli.degradation_family import BLIND, BlindDraw, defocus_kernel, motion_kernel
-from serpent_cli.evaluation import load_eval_model, model_restorer
-from serpent_cli.imageio import read_rgb
-from serpent_cli.metrics import psnr
+from serpent_cli.degradation.family import BLIND, BlindDraw, defocus_kernel, motion_kernel
+from serpent_cli.evaluation.evaluate import load_eval_model, model_restorer
+from serpent_cli.evaluation.metrics import psnr
+from serpent_cli.io.imageio import read_rgb
 
 CROP = 256
 MODELS = ("serpent-l", "serpent-l-blind")

@@ -8,7 +8,7 @@
     python scripts/results_table.py --models serpent-l serpent-l-blind --sets kodak24 cbsd68 --degradation blind
 
 Runs ``serpent eval --json`` (a real subprocess per model and set, so the numbers are exactly what users
-get), adds GFLOPs at 512x512 from ``serpent_cli.flops``, and writes the raw results to ``--json``.
+get), adds GFLOPs at 512x512 from ``serpent_cli.bench.flops``, and writes the raw results to ``--json``.
 ``--limit`` caps the images per set (first N by path; 0, the default, is the whole set).  A model is a
 name (its weights from ``--weights-dir``) or ``NAME=FILE``.  Under the benchmark the table also has the
 Wiener (known kernel) row, and every model's patch-grid score on kodak24 is printed below it.
@@ -63,7 +63,7 @@ def main() -> int:
         print_table(merged["results"], merged["gflops_512"], args.sets)
         return 0
 
-    from serpent_cli.flops import model_flops
+    from serpent_cli.bench.flops import model_flops
 
     models = []
     for spec in args.models:

@@ -4,8 +4,8 @@
 
 The shipped file keeps the variant config in its header and adds how it was trained (from the run's
 ``run.json``: steps, crop, batch, learning rate, seed, device; the data folder by name only, no local path)
-and the last validation PSNR/SSIM from ``log.csv``.  Then run ``python -m serpent_cli.registry`` and paste
-the printed sha256 lines into ``serpent_cli/registry.py``; the last line printed here (the gain and grid
+and the last validation PSNR/SSIM from ``log.csv``.  Then run ``python -m serpent_cli.hub.registry`` and paste
+the printed sha256 lines into ``serpent_cli/hub/registry.py``; the last line printed here (the gain and grid
 score on the two reference photos) goes into ``REFERENCE_CHECKS`` there.
 """
 
@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serpent_cli.evaluation import reference_check
-from serpent_cli.weights import load_model, save_model
+from serpent_cli.evaluation.evaluate import reference_check
+from serpent_cli.hub.weights import load_model, save_model
 
 RECIPE_KEYS = ("model", "steps", "crop", "batch_size", "lr_used", "lr_schedule", "warmup_used", "clip_grad", "rotate",
                "ema", "loss", "seed", "device", "world_size", "degradation")

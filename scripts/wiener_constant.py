@@ -4,7 +4,7 @@
 
 Degrades every image exactly as `serpent eval` does (seed 0, keyed by relative path), deconvolves it
 with the benchmark's known kernel for each K of a log-spaced sweep (1-2-5 steps, 1e-4 .. 1e-1), and
-prints the mean PSNR / SSIM of the clipped result; the best K goes into ``serpent_cli.wiener.WIENER_K``
+prints the mean PSNR / SSIM of the clipped result; the best K goes into ``serpent_cli.evaluation.wiener.WIENER_K``
 together with the table.  Never run on a test set: K is a choice, and choices are made on validation data.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serpent_cli.degradation import BENCHMARK
-from serpent_cli.evaluation import load_eval_set, score
-from serpent_cli.metrics import mean_or_nan
-from serpent_cli.wiener import benchmark_kernel, wiener_deconvolve
+from serpent_cli.degradation.benchmark import BENCHMARK
+from serpent_cli.evaluation.evaluate import load_eval_set, score
+from serpent_cli.evaluation.metrics import mean_or_nan
+from serpent_cli.evaluation.wiener import benchmark_kernel, wiener_deconvolve
 
 SWEEP = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 

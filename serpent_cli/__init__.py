@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "VARIANTS": "serpent_cli.config",
-    "SerpentConfig": "serpent_cli.config",
-    "create_model": "serpent_cli.models",
-    "list_models": "serpent_cli.models",
+    "VARIANTS": "serpent_cli.models.registry",
+    "SerpentConfig": "serpent_cli.models.config",
+    "create_model": "serpent_cli.factory",
+    "list_models": "serpent_cli.models.registry",
 }
 
 if TYPE_CHECKING:
-    from serpent_cli.config import VARIANTS, SerpentConfig
-    from serpent_cli.models import create_model, list_models
+    from serpent_cli.factory import create_model
+    from serpent_cli.models.config import SerpentConfig
+    from serpent_cli.models.registry import VARIANTS, list_models
 
 
 def __getattr__(name: str) -> Any:

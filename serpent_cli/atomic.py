@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -80,6 +81,12 @@ def write_atomic(path: Path, write: Callable[[Path], object], *, replace: bool =
 def write_bytes_atomic(path: Path, data: bytes, *, replace: bool = True) -> None:
     """``data`` to ``path``, atomically."""
     write_atomic(path, lambda tmp: tmp.write_bytes(data), replace=replace)
+
+
+def write_json_atomic(path: Path, data: object, *, sort_keys: bool = False) -> None:
+    """``data`` as indented JSON (and a final newline) to ``path``, atomically and fsynced."""
+    text = json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def fsync_dir(path: Path) -> None:

@@ -74,3 +74,16 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec]
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception means 'this does not fit in memory': CUDA, the CPU allocator, or an rlimit.
+
+    Tiling retries smaller tiles on it and `serpent bench` reports "OOM" for it: one answer for both.
+    """
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory"))

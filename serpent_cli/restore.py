@@ -1,4 +1,4 @@
-"""Restore one :class:`~serpent_cli.imageio.Picture` with a network, keeping what must not change.
+"""Restore one :class:`~serpent_cli.io.imageio.Picture` with a network, keeping what must not change.
 
 - Alpha never goes through the network: the picture's alpha plane is carried over as is.
 - Grayscale is replicated to RGB for the network (trained on RGB) and converted back with the
@@ -6,7 +6,7 @@
 - Reduced precision (bf16 / fp16) runs under autocast; if the output holds NaN or inf the
   image is run again in fp32 and a warning says so (fp16 overflow is the classic cause of
   black output in tools of this kind).
-- Large images are tiled through :mod:`serpent_cli.tiling` (``tile=None`` sizes tiles from
+- Large images are tiled through :mod:`serpent_cli.io.tiling` (``tile=None`` sizes tiles from
   free memory and retries smaller after an out-of-memory error).
 """
 
@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from serpent_cli.errors import UsageError, WeightsError
-from serpent_cli.imageio import Picture
-from serpent_cli.models import DEFAULT_ORDER, check_variant
-from serpent_cli.tiling import bytes_per_pixel_estimate, run_tiled
+from serpent_cli.io.imageio import Picture
+from serpent_cli.io.tile_options import DEFAULT_OVERLAP
+from serpent_cli.io.tiling import bytes_per_pixel_estimate, run_tiled
+from serpent_cli.models.registry import check_variant, default_order
 
 LUMA = (0.299, 0.587, 0.114)
 _PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -49,7 +50,7 @@ class Restorer:
         dtype: torch.dtype = torch.float32,
         *,
         tile: int | None = None,
-        overlap: int = 32,
+        overlap: int = DEFAULT_OVERLAP,
     ) -> None:
         self.model = model.to(device).eval()
         self.device = device
@@ -108,7 +109,7 @@ def load_restoration_model(model: str | None, weights: Path | None) -> tuple[nn.
     ``--weights`` wins (its stored config names the variant; ``--model``, if given, must match);
     else :func:`pretrained_weights`.  A missing file is a :class:`UsageError` (exit 2).
     """
-    from serpent_cli.weights import load_model
+    from serpent_cli.hub.weights import load_model
 
     check_variant(model)
     if weights is not None:
@@ -121,15 +122,16 @@ def load_restoration_model(model: str | None, weights: Path | None) -> tuple[nn.
 
 
 def pretrained_weights(model: str | None) -> tuple[str, Path]:
-    """The registered weights to use for ``--model`` (None: the first of :data:`DEFAULT_ORDER` found).
+    """The registered weights to use for ``--model`` (None: the first of the registry's default order found).
 
     Bundled weights first (``SERPENT_WEIGHTS_DIR`` replaces the bundled folder: tests, and users with a
     shared weights folder), then the Hub cache that ``serpent download`` fills.  None found is a
     :class:`UsageError` (exit 2) saying how to fix it.
     """
-    from serpent_cli.weights import bundled_weights_dir, resolve_pretrained
+    from serpent_cli.hub.client import resolve_pretrained
+    from serpent_cli.hub.local import bundled_weights_dir
 
-    candidates = [model] if model is not None else list(DEFAULT_ORDER)
+    candidates = [model] if model is not None else list(default_order())
     for name in candidates:
         try:
             return name, resolve_pretrained(name)  # bundled weights/ first, then the Hub cache

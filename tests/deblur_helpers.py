@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from serpent_cli.models import create_model
-from serpent_cli.weights import save_model
+from serpent_cli.factory import create_model
+from serpent_cli.hub.weights import save_model
 
 
 def make_weights(path: Path, name: str = "serpent-b", seed: int = 0) -> Path:

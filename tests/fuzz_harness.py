@@ -106,9 +106,9 @@ def weights_seed(folder: Path) -> bytes:
     """A real weights file of a tiny Serpent, written by the project's own writer."""
     import torch
 
-    from serpent_cli.config import SerpentConfig
+    from serpent_cli.hub.weights import save_model
+    from serpent_cli.models.config import SerpentConfig
     from serpent_cli.models.serpent import Serpent
-    from serpent_cli.weights import save_model
 
     torch.manual_seed(0)
     config = SerpentConfig(name="serpent-fuzz", patch_size=2, embed_dim=4, num_scales=2, blocks_per_stage=1)
@@ -306,7 +306,7 @@ def _run_case(watch: StderrWatch, case: Callable[[], str]) -> None:
 
 
 def fuzz_images(seeds: list[bytes], watch: StderrWatch, examples: int) -> None:
-    from serpent_cli.imageio import MIN_SIDE, ImageReadError, read_picture
+    from serpent_cli.io.imageio import MIN_SIDE, ImageReadError, read_picture
 
     @settings(max_examples=examples, derandomize=True, deadline=None, database=None, print_blob=False,
               suppress_health_check=list(HealthCheck))
@@ -391,7 +391,7 @@ def fuzz_weights(seed: bytes, folder: Path, watch: StderrWatch, examples: int) -
     import torch
 
     from serpent_cli.errors import WeightsError
-    from serpent_cli.weights import load_model
+    from serpent_cli.hub.weights import load_model
 
     path = folder / "case.safetensors"
 

@@ -21,7 +21,7 @@ import torch
 from deblur_helpers import crop, make_weights, one_thread, run  # noqa: F401  (one_thread: fixture)
 from PIL import Image, ImageCms
 
-from serpent_cli.imageio import ORIENTATION_TAG, read_picture
+from serpent_cli.io.imageio import ORIENTATION_TAG, read_picture
 from serpent_cli.restore import Restorer, RestoreReport
 
 
@@ -134,6 +134,31 @@ def test_batch_fidelity(batch) -> None:
         assert img.size == (48, 80)
         assert img.getexif()[ORIENTATION_TAG] == 1 and img.getexif()[0x010F] == "KodakTestCam"
         assert img.info["icc_profile"] == batch["icc"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_batch_16_bit_outputs_keep_16_bit_precision(batch, weights: Path) -> None:
+    """The 16-bit PNG and TIFF hold the network's output to within 1-2 of 65535, not to 1/255.
+
+    The same picture restored in this process (same weights, whole image as the CLI's auto tile chose) and
+    quantised to 16 bits is the reference; an 8-bit step anywhere in the pipeline would put errors of up to
+    128 units here.
+    """
+    from serpent_cli.hub.weights import load_model
+
+    restorer = Restorer(load_model(weights), torch.device("cpu"))
+    for source, output in (("rgba16.png", "rgba16.png"), ("sub/deep16.tif", "sub/deep16.tif")):
+        pic = read_picture(batch["src"] / source)
+        assert pic.bit_depth == 16
+        restored, report = restorer.restore(pic)
+        assert report.tile == 0
+        want = np.round(np.clip(restored.pixels[..., :3], 0, 1) * 65535).astype(np.int64)
+        path = batch["out"] / output
+        got = (imagecodecs.png_decode(path.read_bytes()) if path.suffix == ".png" else tifffile.imread(path))
+        err = np.abs(got[..., :3].astype(np.int64) - want)
+        assert err.max() <= 2, (output, int(err.max()))
+        coarse = np.abs(np.round(want / 257) * 257 - want)  # what an 8-bit detour would cost
+        assert coarse.max() > 100 and coarse.mean() > 30 * max(err.mean(), 1e-3)
 
 
 def test_existing_outputs_skip_and_overwrite(batch, weights: Path, serpent_cmd: list[str]) -> None:

@@ -16,9 +16,8 @@ import torch
 from deblur_helpers import crop, run
 from PIL import Image
 
-from serpent_cli.data import RandomCropDataset, _reflect_pad_to, scan_image_folder, scan_image_folders
-from serpent_cli.degradation import BENCHMARK, seeded_generator, stable_seed
-from serpent_cli.degradation_family import (
+from serpent_cli.degradation.benchmark import BENCHMARK, seeded_generator, stable_seed
+from serpent_cli.degradation.family import (
     BLIND,
     BLUR_KINDS,
     BLUR_PROBS,
@@ -30,8 +29,11 @@ from serpent_cli.degradation_family import (
     describe_draw,
     jpeg_roundtrip,
 )
-from serpent_cli.imageio import read_picture, read_rgb
-from serpent_cli.metrics import psnr
+from serpent_cli.evaluation.metrics import psnr
+from serpent_cli.io.folders import scan_image_folder, scan_image_folders
+from serpent_cli.io.imageio import read_picture, read_rgb
+from serpent_cli.models.padding import pad_to_size
+from serpent_cli.training.data import RandomCropDataset
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
 
@@ -50,7 +52,7 @@ def _legacy_item(ds: RandomCropDataset, k: int) -> tuple[torch.Tensor, torch.Ten
     g = torch.Generator().manual_seed(stable_seed(f"sample:{k}", ds.seed))
     img = ds._load(ds.image_index(k))
     crop_, m = ds.crop, BENCHMARK.kernel_size // 2
-    img = _reflect_pad_to(img, crop_, crop_)
+    img = pad_to_size(img, crop_, crop_)
     _, h, w = img.shape
     top = int(torch.randint(0, h - crop_ + 1, (1,), generator=g))
     left = int(torch.randint(0, w - crop_ + 1, (1,), generator=g))

@@ -9,8 +9,8 @@ import numpy as np
 from deblur_helpers import crop, run
 from PIL import Image
 
-from serpent_cli.degradation import Degradation, seeded_generator
-from serpent_cli.imageio import read_picture
+from serpent_cli.degradation.benchmark import Degradation, seeded_generator
+from serpent_cli.io.imageio import read_picture
 
 
 def _clean_tree(data_dir: Path, root: Path) -> Path:
@@ -60,7 +60,7 @@ def test_degrade_bad_options_and_inputs(data_dir: Path, tmp_path: Path, serpent_
 
 def test_earlier_outputs_are_not_fed_back_in(data_dir: Path, tmp_path: Path) -> None:
     """Outputs written inside an input folder (-o there, or the suffix beside) are not inputs next time."""
-    from serpent_cli.batch import Naming, assign_outputs, drop_earlier_outputs, expand_inputs
+    from serpent_cli.io.batch import Naming, assign_outputs, drop_earlier_outputs, expand_inputs
 
     src = _clean_tree(data_dir, tmp_path)
     (src / "out").mkdir()

@@ -13,10 +13,10 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from serpent_cli.degradation import BENCHMARK, seeded_generator
-from serpent_cli.imageio import read_rgb
-from serpent_cli.models import create_model
-from serpent_cli.weights import save_model
+from serpent_cli.degradation.benchmark import BENCHMARK, seeded_generator
+from serpent_cli.factory import create_model
+from serpent_cli.hub.weights import save_model
+from serpent_cli.io.imageio import read_rgb
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
 
@@ -159,7 +159,7 @@ def test_unusable_images_are_skipped_with_a_warning(serpent_cmd: list[str], weig
 
 
 def test_blind_degradation_is_deterministic_and_recorded(serpent_cmd: list[str], weights: Path, folder: Path) -> None:
-    from serpent_cli.degradation_family import BLIND, describe_draw
+    from serpent_cli.degradation.family import BLIND, describe_draw
 
     args = (str(folder), "--model", "serpent-b", "--weights", str(weights), "--crop", "64", "--json")
     first = _eval(serpent_cmd, *args, "--degradation", "blind")
@@ -182,7 +182,7 @@ def test_blind_degradation_is_deterministic_and_recorded(serpent_cmd: list[str],
         a, b = clean.permute(1, 2, 0).double().numpy(), degraded.permute(1, 2, 0).double().numpy()
         assert value == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1), abs=1e-4)
     assert report["summary"][0]["psnr"] != bench["summary"][0]["psnr"]
-    # No kernel is known under the blind family, so no Wiener row (see serpent_cli.evaluation).
+    # No kernel is known under the blind family, so no Wiener row (see serpent_cli.evaluation.evaluate).
     labels = [r["model"] for r in report["summary"]]
     assert labels == ["degraded input", f"serpent-b ({weights})"] and report["wiener_k"] is None
     bad = _eval(serpent_cmd, str(folder), "--weights", str(weights), "--degradation", "nonsense")
@@ -192,7 +192,7 @@ def test_blind_degradation_is_deterministic_and_recorded(serpent_cmd: list[str],
 
 def test_untouched_images_are_scored_apart(data_dir: Path) -> None:
     """A photo the degradation left exact (input PSNR capped at 200 dB) must not swamp the means."""
-    from serpent_cli.evaluation import EvalImage, evaluate
+    from serpent_cli.evaluation.evaluate import EvalImage, evaluate
 
     photos = sorted((data_dir / "kodak24").iterdir())[:3]
     clean = [read_rgb(p)[:, :96, :96].contiguous() for p in photos]

@@ -21,8 +21,8 @@ import torch
 from deblur_helpers import crop, make_weights
 from PIL import Image
 
-from serpent_cli.training import load_state, state_digest, state_files
-from serpent_cli.weights import load_model
+from serpent_cli.hub.weights import load_model
+from serpent_cli.training.loop import load_state, state_digest, state_files
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
 MiB = 1024 * 1024

@@ -7,12 +7,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from serpent_cli import create_model
-from serpent_cli.config import VARIANTS
-from serpent_cli.flops import SCAN_OP, count_flops
+from serpent_cli.bench.flops import SCAN_OP, count_flops
+from serpent_cli.bench.peers import build_model, count_params, spandrel_available
+from serpent_cli.models.registry import VARIANTS
 from serpent_cli.ops import selective_scan
 from serpent_cli.ops.scan_op import counting_scan, scan_flops
 from serpent_cli.ops.scan_torch import selective_scan_torch
-from serpent_cli.peers import build_model, count_params, spandrel_available
 
 needs_spandrel = pytest.mark.skipif(not spandrel_available(), reason="spandrel peers not importable here")
 

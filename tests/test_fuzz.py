@@ -17,10 +17,10 @@ import pytest
 import torch
 from deblur_helpers import crop, run
 
-from serpent_cli.config import SerpentConfig
 from serpent_cli.errors import WeightsError
+from serpent_cli.hub.weights import load_model, save_model
+from serpent_cli.models.config import SerpentConfig
 from serpent_cli.models.serpent import Serpent
-from serpent_cli.weights import load_model, save_model
 
 HARNESS = Path(__file__).with_name("fuzz_harness.py")
 
@@ -87,7 +87,7 @@ def test_absurd_network_in_header_is_refused_before_allocation(tmp_path: Path, f
     code = (
         "import resource, sys\n"
         "from serpent_cli.errors import WeightsError\n"
-        "from serpent_cli.weights import load_model\n"
+        "from serpent_cli.hub.weights import load_model\n"
         "pages = int(open('/proc/self/statm').read().split()[0])\n"
         "limit = pages * resource.getpagesize() + (512 << 20)\n"
         "resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))\n"

@@ -14,8 +14,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms, ImageOps
 
-from serpent_cli import imageio
-from serpent_cli.imageio import ImageReadError, ImageWriteError, read_picture, write_picture
+from serpent_cli.io import imageio as imageio
+from serpent_cli.io.imageio import ImageReadError, ImageWriteError, read_picture, write_picture
 
 
 def _photo(data_dir: Path, size: tuple[int, int] = (64, 48), index: int = 0) -> Image.Image:

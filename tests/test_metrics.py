@@ -9,9 +9,9 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from serpent_cli.degradation import BENCHMARK, seeded_generator
-from serpent_cli.imageio import read_rgb
-from serpent_cli.metrics import grid_score, lpips_unavailable_reason, psnr, ssim
+from serpent_cli.degradation.benchmark import BENCHMARK, seeded_generator
+from serpent_cli.evaluation.metrics import grid_score, lpips_unavailable_reason, psnr, ssim
+from serpent_cli.io.imageio import read_rgb
 
 
 def _pairs(data_dir: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:

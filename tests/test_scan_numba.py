@@ -18,7 +18,7 @@ import torch
 
 import serpent_cli.ops.scan_numba as scan_numba
 from serpent_cli import create_model
-from serpent_cli.imageio import read_rgb
+from serpent_cli.io.imageio import read_rgb
 from serpent_cli.models.serpent import merge_four_ways, unroll_four_ways
 from serpent_cli.ops import directional_backend, selective_scan, ss2d_scan, ss2d_scan_orders
 from serpent_cli.ops.scan_reference import selective_scan_reference

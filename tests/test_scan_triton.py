@@ -132,7 +132,7 @@ def _run_model(image_path: str) -> dict[str, Any]:
     from PIL import Image
 
     import serpent_cli.ops.scan_triton as st
-    from serpent_cli.models import create_model
+    from serpent_cli.factory import create_model
 
     # The interpreter's cost grows with the number of programs: wide channel tiles keep it quick.
     st.FWD_STATE = st.FWD_OUT = st.BWD_STATE = st.BWD_MAIN = st.KernelConfig(block_d=64, num_warps=4)

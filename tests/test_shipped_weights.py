@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from serpent_cli import create_model
-from serpent_cli.evaluation import REFERENCE_PHOTOS, reference_check
-from serpent_cli.registry import REFERENCE_CHECKS, SHA256_PINS
-from serpent_cli.weights import bundled_weights_dir
+from serpent_cli.evaluation.evaluate import REFERENCE_PHOTOS, reference_check
+from serpent_cli.hub.local import bundled_weights_dir
+from serpent_cli.hub.registry import REFERENCE_CHECKS
+from serpent_cli.models.registry import shipped_models
 
-BUNDLED = [name for name in SHA256_PINS if (bundled_weights_dir() / f"{name}.safetensors").is_file()]
+BUNDLED = [info.name for info in shipped_models() if (bundled_weights_dir() / f"{info.name}.safetensors").is_file()]
 
 
 def test_every_bundled_file_has_recorded_figures() -> None:
@@ -38,9 +39,9 @@ def test_bundled_weights_restore_as_recorded(name: str, data_dir: Path) -> None:
 
 def test_blind_model_does_no_harm_to_sharp_photos(data_dir: Path) -> None:
     """serpent-l-blind, given an untouched photo, returns it (>= 35 dB): it does no harm to a sharp picture."""
-    from serpent_cli.data import center_crop
-    from serpent_cli.imageio import read_rgb
-    from serpent_cli.metrics import psnr
+    from serpent_cli.evaluation.evaluate import center_crop
+    from serpent_cli.evaluation.metrics import psnr
+    from serpent_cli.io.imageio import read_rgb
 
     blind = create_model("serpent-l-blind", pretrained=True).eval()
     for photo in REFERENCE_PHOTOS:

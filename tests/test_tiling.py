@@ -10,7 +10,7 @@ import torch
 from deblur_helpers import one_thread  # noqa: F401  (fixture)
 from PIL import Image
 
-from serpent_cli import tiling
+from serpent_cli.io import tiling as tiling
 
 
 @pytest.mark.parametrize(("size", "tile", "overlap"), [(100, 32, 8), (67, 64, 16), (64, 64, 8), (33, 128, 8)])
@@ -88,21 +88,37 @@ def test_auto_tile_is_the_whole_image_when_it_fits() -> None:
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize(("folder", "box"), [("kodak24", (300, 200, 460, 328)), ("set14", (0, 0, 160, 128))])
-def test_tiled_serpent_matches_untiled_on_real_photos(data_dir, folder: str, box: tuple[int, int, int, int]) -> None:
-    """A real network on real photos: tile 64 / overlap 32 against one pass (measured about 80 dB)."""
-    from serpent_cli.models import create_model
+@pytest.mark.parametrize(("name", "agreement_db"), [("serpent-b", 46.0), ("serpent-l", 40.0)])
+def test_tiled_restoration_with_bundled_weights(data_dir, name: str, agreement_db: float) -> None:
+    """What tiling really gives with the shipped networks, on a real degraded photo (kodim23, 192 px centre crop).
+
+    Measured (tile 64): with the default overlap (32) the tiled result agrees with one pass at 49.6 dB
+    (serpent-b) / 43.1 dB (serpent-l), and PSNR against the clean photo is unchanged (+0.03 / +0.10 dB).
+    Agreement is not a matter of seams alone: a tile sees less context than the whole image, and tiles
+    whose starts fall off the network's pad grid (overlap 16 here: starts 0, 43, 85, 128) change the patch
+    boundaries, so agreement drops to about 31 dB (serpent-b) while PSNR against the clean photo still moves
+    by less than 0.3 dB.  That is the measurement the default overlap was chosen from.
+    """
+    from serpent_cli.degradation.benchmark import BENCHMARK
+    from serpent_cli.degradation.family import degrade_keyed
+    from serpent_cli.evaluation.evaluate import center_crop
+    from serpent_cli.evaluation.metrics import psnr
+    from serpent_cli.factory import create_model
+    from serpent_cli.io.imageio import read_rgb
+    from serpent_cli.io.tile_options import DEFAULT_OVERLAP
     from serpent_cli.restore import Restorer
 
-    torch.manual_seed(0)
-    model = create_model("serpent-b")
-    with Image.open(sorted((data_dir / folder).glob("*.png"))[0]) as img:
-        photo = img.convert("RGB").crop(box)
-    image = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    whole = Restorer(model, torch.device("cpu"), tile=0).restore_tensor(image)
-    tiled = Restorer(model, torch.device("cpu"), tile=64, overlap=32).restore_tensor(image)
-    psnr = 10 * torch.log10(1 / ((whole.clamp(0, 1) - tiled.clamp(0, 1)) ** 2).mean())
-    assert psnr > 60
-    change = whole - image  # what the network did; tiling must not alter it noticeably either
-    assert change.pow(2).mean().sqrt() > 0.01
-    assert (tiled - whole).norm() / change.norm() < 0.01
+    key = "kodak24/kodim23.png"
+    clean = center_crop(read_rgb(data_dir / key), 192).contiguous()
+    degraded, _ = degrade_keyed(BENCHMARK, clean, key, 0)
+    model = create_model(name, pretrained=True)
+
+    def restore(tile: int, overlap: int = DEFAULT_OVERLAP) -> torch.Tensor:
+        return Restorer(model, torch.device("cpu"), tile=tile, overlap=overlap).restore_tensor(degraded[None])[0]
+
+    whole, tiled, shifted = restore(0).clamp(0, 1), restore(64).clamp(0, 1), restore(64, 16).clamp(0, 1)
+    gain = float(psnr(whole, clean) - psnr(degraded.clamp(0, 1), clean))
+    assert gain > 2.0  # the trained network really restores this photo (not a near-identity)
+    assert float(psnr(tiled, whole)) > agreement_db
+    assert abs(float(psnr(tiled, clean) - psnr(whole, clean))) < 0.15
+    assert abs(float(psnr(shifted, clean) - psnr(whole, clean))) < 0.3

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from serpent_cli.models import create_model
-from serpent_cli.training import load_state, state_files
-from serpent_cli.weights import load_model
+from serpent_cli.factory import create_model
+from serpent_cli.hub.weights import load_model
+from serpent_cli.training.loop import load_state, state_files
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
 
@@ -70,10 +70,12 @@ def test_train_writes_loadable_weights_states_and_log(serpent_cmd: list[str], sm
     assert all(torch.equal(saved[k], ema[k]) for k in saved)
 
 
-def test_resume_is_exactly_an_uninterrupted_run(serpent_cmd: list[str], small_train: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["unet-32", "serpent-b"])  # serpent-b: the scan's custom autograd too
+def test_resume_is_exactly_an_uninterrupted_run(serpent_cmd: list[str], small_train: Path, tmp_path: Path,
+                                                model: str) -> None:
     """4 steps straight == 2 steps, then --resume to 4: same weights bit for bit (same data, RNG, optimiser)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = ("--model", "unet-32", "--save-every", "2", "--lr", "1e-3")
+    common = ("--model", model, "--save-every", "2", "--lr", "1e-3")
     _train(serpent_cmd, small_train, straight, *common, "--steps", "4")
     _train(serpent_cmd, small_train, split, *common, "--steps", "2")
     proc = _train(serpent_cmd, small_train, split, *common, "--steps", "4", "--resume")
@@ -150,11 +152,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("model", ["unet-32", "serpent-b"])  # serpent-b: the scan's custom autograd under DDP
 def test_two_process_torchrun_gloo_matches_one_process(serpent_cmd: list[str], small_train: Path,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, model: str) -> None:
     """2 ranks x batch 1 see the samples 1 process x batch 2 sees; DDP averages grads -> same weights."""
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    common = ["train", str(small_train), "--model", "unet-32", "--crop", "32", "--steps", "3", "--save-every", "3",
+    common = ["train", str(small_train), "--model", model, "--crop", "32", "--steps", "3", "--save-every", "3",
               "--lr", "1e-3", "--device", "cpu"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-port", str(_free_port()), "-m", "serpent_cli", *common, "--batch-size", "1",
@@ -162,10 +165,11 @@ def test_two_process_torchrun_gloo_matches_one_process(serpent_cmd: list[str], s
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batch 1x2" in proc.stderr
     assert proc.stderr.count("done: step 3") == 1  # only rank 0 reports
-    _train(serpent_cmd, small_train, single, "--model", "unet-32", "--steps", "3", "--save-every", "3",
+    _train(serpent_cmd, small_train, single, "--model", model, "--steps", "3", "--save-every", "3",
            "--lr", "1e-3", "--device", "cpu")
     a, b = load_file(str(ddp / "model.safetensors")), load_file(str(single / "model.safetensors"))
-    init = create_model("unet-32").state_dict()
+    torch.manual_seed(0)  # the run's own initialisation (--seed 0)
+    init = create_model(model).state_dict()
     moved = max(float((a[k] - init[k]).abs().max()) for k in a)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert moved > 1e-3 and diff < 1e-5

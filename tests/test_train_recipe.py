@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from serpent_cli import create_model
-from serpent_cli.data import RandomCropDataset, scan_image_folders
 from serpent_cli.errors import UsageError
-from serpent_cli.training import MIN_LR_RATIO, learning_rate, load_initial_weights
-from serpent_cli.weights import load_model, save_model
+from serpent_cli.hub.weights import load_model, save_model
+from serpent_cli.io.folders import scan_image_folders
+from serpent_cli.training.data import RandomCropDataset
+from serpent_cli.training.loop import MIN_LR_RATIO, learning_rate, load_initial_weights
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
 

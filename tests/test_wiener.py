@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from serpent_cli.degradation import BENCHMARK, Degradation
-from serpent_cli.degradation_family import BLIND
-from serpent_cli.evaluation import WIENER_NAME, baseline_restorers, load_eval_set, score
-from serpent_cli.imageio import read_rgb
-from serpent_cli.wiener import WIENER_K, _mirror, benchmark_kernel, wiener_deconvolve
+from serpent_cli.degradation.benchmark import BENCHMARK, Degradation
+from serpent_cli.degradation.family import BLIND
+from serpent_cli.evaluation.evaluate import WIENER_NAME, baseline_restorers, load_eval_set, score
+from serpent_cli.evaluation.wiener import WIENER_K, _mirror, benchmark_kernel, wiener_deconvolve
+from serpent_cli.io.imageio import read_rgb
 
 
 def test_mirror_extension_makes_the_fft_blur_the_benchmark_blur(data_dir: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from serpent_cli.batch import Job, Result, Work, exit_code, print_json, run_jobs, summary
-from serpent_cli.cli.common import debug, error_line, info, stderr_is_terminal, verbosity, warn
+from serpent_cli.cli.common import debug, err_console, error_line, info, stderr_is_terminal, verbosity, warn
 from serpent_cli.distributed import DistContext, gather_objects, shard
+from serpent_cli.io.batch import Job, Result, Work, exit_code, print_json, run_jobs, summary
 
 
 def run_batch(
@@ -36,7 +36,7 @@ def run_batch(
             mine = [j for j in jobs if j.error is not None] + mine
     else:
         mine = jobs
-    progress = stderr_is_terminal() and ctx.is_main and not verbosity.quiet
+    progress = err_console if stderr_is_terminal() and ctx.is_main and not verbosity.quiet else None
     results = run_jobs(mine, work, on_result=on_result, progress=progress, label=verb)
     everything: list[Result] = []
     for part in gather_objects(results, ctx):

@@ -1,4 +1,4 @@
-"""`serpent bench`: parse options, run :mod:`serpent_cli.benchmark`, print a table / JSON / plot."""
+"""`serpent bench`: parse options, run :mod:`serpent_cli.bench.runner`, print a table / JSON / plot."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from serpent_cli.atomic import write_json_atomic
 from serpent_cli.cli.common import (
     DeviceOption,
     ThreadsOption,
@@ -22,6 +23,7 @@ from serpent_cli.cli.common import (
     warn,
 )
 from serpent_cli.errors import UsageError
+from serpent_cli.io.tile_options import DEFAULT_OVERLAP
 
 DEFAULT_RESOLUTIONS = [256, 512]
 
@@ -43,7 +45,7 @@ def _ints(values: list[str], option: str) -> list[int]:
 
 def _sort_extra(extra: list[str], resolutions: list[str], models: list[str]) -> None:
     """``--resolution 256 512 --models a b``: click leaves 512 and b over; put them where they belong."""
-    from serpent_cli.peers import MODELS
+    from serpent_cli.bench.peers import MODELS
 
     for token in extra:
         if token.isdigit():
@@ -103,7 +105,7 @@ def bench_command(
     tile_sizes: Annotated[
         list[str] | None, typer.Option("--tile-sizes", help="Tile sizes for --tiles (0 = untiled), e.g. 0,256,512.")
     ] = None,
-    tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles for --tiles, pixels.")] = 32,
+    tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles for --tiles, pixels.")] = DEFAULT_OVERLAP,
     warmup: Annotated[int | None, typer.Option(help="Untimed calls first (default: 1 on CPU, 3 on GPU).")] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed calls; the median is reported (default: 3 / 10).")] = None,
     budget: Annotated[
@@ -123,7 +125,7 @@ def bench_command(
     if load is not None:
         _show_saved(load, plot, as_json)
         return
-    from serpent_cli.peers import BENCH_EXTRA, MODELS, default_models, spandrel_available
+    from serpent_cli.bench.peers import BENCH_EXTRA, MODELS, default_models, spandrel_available
 
     res_tokens, model_tokens = _split(resolution), _split(models)
     _sort_extra(list(extra or []), res_tokens, model_tokens)
@@ -136,7 +138,7 @@ def bench_command(
             _check_writable(path, option)
     device = check_compute_options(device, threads)
     if plot is not None:
-        from serpent_cli.plotting import require_matplotlib
+        from serpent_cli.bench.plotting import require_matplotlib
 
         require_matplotlib()
     if model_tokens:
@@ -149,7 +151,7 @@ def bench_command(
         if len(chosen) < len(MODELS):
             warn(f"SwinIR and NAFNet peers left out (spandrel is not installed); to compare them: {BENCH_EXTRA}")
 
-    from serpent_cli import benchmark as bm
+    from serpent_cli.bench import runner as bm
     from serpent_cli.device import resolve_device
 
     use_threads(threads)
@@ -172,13 +174,13 @@ def bench_command(
         )
     )
     result = bm.run_bench(
-        options, progress=info, on_update=(lambda partial: bm.write_json(partial, str(output))) if output else None
+        options, progress=info, on_update=(lambda partial: write_json_atomic(output, partial)) if output else None
     )
     if output is not None:
-        bm.write_json(result, str(output))
+        write_json_atomic(output, result)
         info(f"wrote {output}")
     if plot is not None:
-        from serpent_cli.plotting import plot_results
+        from serpent_cli.bench.plotting import plot_results
 
         plot_results(result, plot)
         info(f"wrote {plot}")
@@ -199,7 +201,7 @@ def _show_saved(path: Path, plot: Path | None, as_json: bool) -> None:
         raise UsageError(f"--load {path}: not a JSON file written by 'serpent bench --output'") from None
     if plot is not None:
         _check_writable(plot, "--plot")
-        from serpent_cli.plotting import plot_results
+        from serpent_cli.bench.plotting import plot_results
 
         plot_results(result, plot)
         info(f"wrote {plot}")

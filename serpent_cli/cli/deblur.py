@@ -7,18 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from serpent_cli.batch import (
-    STDIO,
-    Job,
-    Naming,
-    OutputPolicy,
-    Result,
-    assign_outputs,
-    check_batch_options,
-    drop_earlier_outputs,
-    expand_inputs,
-    process_image,
-)
 from serpent_cli.cli._batch import run_batch
 from serpent_cli.cli.common import (
     DeviceOption,
@@ -34,28 +22,25 @@ from serpent_cli.cli.common import (
     warn,
 )
 from serpent_cli.errors import UsageError
+from serpent_cli.io.batch import (
+    STDIO,
+    Job,
+    Naming,
+    OutputPolicy,
+    Result,
+    assign_outputs,
+    check_batch_options,
+    drop_earlier_outputs,
+    expand_inputs,
+    process_image,
+)
+from serpent_cli.io.tile_options import DEFAULT_OVERLAP, check_overlap, parse_tile
 
 if TYPE_CHECKING:
-    from serpent_cli.imageio import Picture
+    from serpent_cli.io.imageio import Picture
 
 # The keys of every --json line beyond path/output/size/seconds/status/error (null when not applicable).
 JSON_FIELDS = ("model", "tile", "precision", "mode", "bit_depth")
-
-
-def parse_tile(text: str) -> int | None:
-    """'auto' -> None, '0' -> 0 (no tiling), 'N' -> N (at least 32)."""
-    text = text.strip().lower()
-    if text == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"--tile {text!r}: use auto, 0 (no tiling) or a size in pixels") from None
-    if value != 0 and value < 32:
-        raise UsageError(f"--tile {value}: tiles must be at least 32 pixels (or 0 for no tiling)")
-    if value < 0:
-        raise UsageError("--tile must not be negative")
-    return value
 
 
 def deblur_command(
@@ -78,7 +63,7 @@ def deblur_command(
     skip_existing: SkipExistingOption = False,
     overwrite: OverwriteOption = False,
     tile: Annotated[str, typer.Option(help="auto, 0 (whole image) or tile size in pixels.")] = "auto",
-    tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels.")] = 32,
+    tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels.")] = DEFAULT_OVERLAP,
     device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     quality: QualityOption = 95,
@@ -90,9 +75,7 @@ def deblur_command(
     from serpent_cli.distributed import context_from_env, init_distributed, shutdown
     from serpent_cli.models import check_variant
 
-    tile_size = parse_tile(tile)
-    if tile_overlap < 0:
-        raise UsageError("--tile-overlap must be >= 0")
+    tile_size, tile_overlap = parse_tile(tile), check_overlap(tile_overlap)
     policy = OutputPolicy(overwrite=overwrite, skip_existing=skip_existing, quality=quality)
     check_batch_options(inputs, output, policy, json_out=json_out)
     device, precision = check_compute_options(device, threads), check_precision_spec(precision)

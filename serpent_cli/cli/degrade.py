@@ -6,17 +6,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from serpent_cli.batch import (
-    Job,
-    Naming,
-    OutputPolicy,
-    Result,
-    assign_outputs,
-    check_batch_options,
-    drop_earlier_outputs,
-    expand_inputs,
-    process_image,
-)
 from serpent_cli.cli._batch import run_batch
 from serpent_cli.cli.common import (
     JsonOption,
@@ -28,9 +17,20 @@ from serpent_cli.cli.common import (
     warn,
 )
 from serpent_cli.errors import UsageError
+from serpent_cli.io.batch import (
+    Job,
+    Naming,
+    OutputPolicy,
+    Result,
+    assign_outputs,
+    check_batch_options,
+    drop_earlier_outputs,
+    expand_inputs,
+    process_image,
+)
 
 if TYPE_CHECKING:
-    from serpent_cli.imageio import Picture
+    from serpent_cli.io.imageio import Picture
 
 
 def degrade_command(
@@ -60,7 +60,7 @@ def degrade_command(
     The randomness of a file is seeded by its path relative to the folder given (its name for a file
     given directly) plus --seed, the same key `serpent eval` uses: same output on every machine.
     """
-    from serpent_cli.degradation import Degradation, check_degradation_name
+    from serpent_cli.degradation.benchmark import Degradation, check_degradation_name
     from serpent_cli.distributed import DistContext
 
     check_degradation_name(family)
@@ -81,7 +81,7 @@ def degrade_command(
 
     def work(job: Job) -> Result:
         # Imported here, once inputs are known to exist: the family needs torch, a usage error does not.
-        from serpent_cli.degradation_family import degradation_by_name, degrade_keyed
+        from serpent_cli.degradation.family import degradation_by_name, degrade_keyed
 
         degradation = benchmark or degradation_by_name(family)
 

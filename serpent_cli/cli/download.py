@@ -9,21 +9,21 @@ import typer
 
 from serpent_cli.cli.common import error_line, info, verbosity, warn
 from serpent_cli.errors import EXIT_SOME_FAILED, SerpentError, UsageError
-from serpent_cli.registry import HUB_FILENAME, get_entry, load_registry
+from serpent_cli.hub.registry import HUB_FILENAME, get_entry, load_registry
 
 if TYPE_CHECKING:
-    from serpent_cli.hub import DownloadResult
+    from serpent_cli.hub.client import DownloadResult
 
 
 def _check_weights(result: DownloadResult) -> str:
     """A downloaded file must be a serpent weights file; returns the variant it describes."""
-    from serpent_cli.weights import read_config
+    from serpent_cli.hub.weights import read_config
 
     return read_config(result.path).name
 
 
 def _report(label: str, result: DownloadResult) -> None:
-    from serpent_cli.hub import endpoint
+    from serpent_cli.hub.client import endpoint
 
     what = f"{result.repo_id}/{result.filename}@{result.revision}"
     how = f"found {what} in the cache" if result.from_cache else f"downloaded {what} from {endpoint()}"
@@ -77,7 +77,7 @@ def download_command(
     from huggingface_hub.utils import logging as hf_logging
 
     from serpent_cli.cli.progress import RichDownloadBar
-    from serpent_cli.hub import download, download_registered
+    from serpent_cli.hub.client import download, download_registered
 
     if not verbosity.verbose:
         hf_logging.set_verbosity_error()  # our own messages say what happened; no retry chatter

@@ -21,21 +21,10 @@ from serpent_cli.cli.common import (
     verbosity,
     warn,
 )
-from serpent_cli.degradation import EVAL_SEED, check_degradation_name
+from serpent_cli.degradation.benchmark import EVAL_SEED, check_degradation_name
 from serpent_cli.errors import UsageError, require_folder
+from serpent_cli.io.tile_options import DEFAULT_OVERLAP, check_overlap, parse_tile
 from serpent_cli.models import list_models
-
-
-def _parse_tile(tile: str) -> int | None:
-    if tile.strip().lower() == "auto":
-        return None
-    try:
-        value = int(tile)
-    except ValueError:
-        raise UsageError(f"--tile {tile!r}: use auto, 0 (whole image) or a size in pixels") from None
-    if value < 0 or 0 < value < 32:
-        raise UsageError(f"--tile {tile}: use 0 (whole image) or at least 32 pixels")
-    return value
 
 
 def _round(row: dict[str, object]) -> dict[str, object]:
@@ -57,7 +46,7 @@ def evaluate_command(
     crop: Annotated[int, typer.Option(help="Center-crop each image to N px before degrading (0 = whole).")] = 0,
     tile: Annotated[str, typer.Option(help="Tile size: 0 = whole image (default, deterministic), N, or auto.")]
     = "0",
-    tile_overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = 32,
+    tile_overlap: Annotated[int, typer.Option(help="Tile overlap in pixels.")] = DEFAULT_OVERLAP,
     seed: Annotated[int, typer.Option(help="Global seed of the degradation noise (benchmark: 0).")] = EVAL_SEED,
     device: DeviceOption = "auto",
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="Compute LPIPS when it can run offline.")]
@@ -77,14 +66,14 @@ def evaluate_command(
         raise UsageError(f"--limit must be >= 1, got {limit}")
     if crop < 0 or 0 < crop < 11:
         raise UsageError(f"--crop must be 0 (whole image) or at least 11 pixels, got {crop}")
-    tile_size = _parse_tile(tile)
+    tile_size, tile_overlap = parse_tile(tile), check_overlap(tile_overlap)
     check_degradation_name(degradation)
     require_folder(folder)
     device = check_compute_options(device, threads)
 
-    from serpent_cli.degradation_family import degradation_by_name
+    from serpent_cli.degradation.family import degradation_by_name
     from serpent_cli.device import resolve_device
-    from serpent_cli.evaluation import (
+    from serpent_cli.evaluation.evaluate import (
         WIENER_NAME,
         baseline_restorers,
         evaluate,
@@ -93,7 +82,7 @@ def evaluate_command(
         model_restorer,
         patch_size_of,
     )
-    from serpent_cli.wiener import WIENER_K
+    from serpent_cli.evaluation.wiener import WIENER_K
 
     use_threads(threads)
     degrader = degradation_by_name(degradation)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from serpent_cli.cli.common import info
-from serpent_cli.hub_export import export_folder, load_metrics_file
+from serpent_cli.hub.export import export_folder, load_metrics_file
 
 
 def export_command(

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from serpent_cli.cli.common import info, out_console
-from serpent_cli.registry import model_status
+from serpent_cli.hub.client import model_status
 
 _STATUS_STYLE = {"bundled": "green", "cached": "green", "remote": "cyan", "unavailable": "yellow"}
 

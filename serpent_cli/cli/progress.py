@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tqdm.std import tqdm as _std_tqdm
 
 from serpent_cli.cli.common import err_console, info, stderr_is_terminal, verbosity
-from serpent_cli.training import Reporter
+from serpent_cli.training.loop import Reporter
 
 
 class RichReporter(Reporter):

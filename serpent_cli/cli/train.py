@@ -1,4 +1,4 @@
-"""`serpent train`: parse options, run :func:`serpent_cli.training.train`, show progress on stderr."""
+"""`serpent train`: parse options, run :func:`serpent_cli.training.loop.train`, show progress on stderr."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def train_command(
     check_compute_options(device, threads)
 
     from serpent_cli.cli.progress import RichReporter
-    from serpent_cli.training import TrainOptions, train
+    from serpent_cli.training.loop import TrainOptions, train
 
     use_threads(threads)
     opts = TrainOptions(

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from serpent_cli.config import SerpentConfig
+from serpent_cli.models.config import SerpentConfig
+from serpent_cli.models.padding import pad_to_multiple
 from serpent_cli.ops import directional_backend, from_scan_orders, selective_scan, ss2d_scan_orders, to_scan_orders
 
 NUM_DIRECTIONS = 4
@@ -210,7 +211,7 @@ class Serpent(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) of any size -> same shape; reflect-padded internally to a multiple of P*8."""
         _, _, height, width = image.shape
-        x = _pad_to_multiple(image, self.config.pad_multiple)
+        x = pad_to_multiple(image, self.config.pad_multiple)
         feats = self.patchify(x).permute(0, 2, 3, 1)
         skips = []
         for block, merge in zip(self.encoders, self.merges):
@@ -231,20 +232,3 @@ def _init_linear(module: nn.Module) -> None:
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 
-
-def _pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Reflect-pad bottom/right to a multiple; falls back to replicate where reflect cannot reach."""
-    _, _, h, w = image.shape
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return image
-    if ph < h and pw < w:
-        return F.pad(image, (0, pw, 0, ph), mode="reflect")
-    # Tiny images: reflect padding must be smaller than the side, so pad in rounds.
-    while ph or pw:
-        step_h, step_w = min(ph, image.shape[2] - 1), min(pw, image.shape[3] - 1)
-        if step_h == 0 and step_w == 0:
-            return F.pad(image, (0, pw, 0, ph), mode="replicate")
-        image = F.pad(image, (0, step_w, 0, step_h), mode="reflect")
-        ph, pw = ph - step_h, pw - step_w
-    return image

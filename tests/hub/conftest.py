@@ -31,7 +31,7 @@ def weight_files(tmp_path_factory: pytest.TempPathFactory) -> WeightFiles:
     import torch
 
     from serpent_cli import create_model
-    from serpent_cli.weights import save_model
+    from serpent_cli.hub.weights import save_model
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)

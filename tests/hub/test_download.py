@@ -80,7 +80,7 @@ def test_download_cache_hit_fallback_and_offline(
         [
             str(Path(serpent_cmd[0]).with_name("python")),
             "-c",
-            "import json; from serpent_cli import create_model; from serpent_cli.registry import model_status; "
+            "import json; from serpent_cli import create_model; from serpent_cli.hub.client import model_status; "
             "m = create_model('serpent-b', pretrained=True); "
             "print(json.dumps([m.config.name, {r['name']: [r['status'], r['pin_ok']] for r in model_status()}]))",
         ],

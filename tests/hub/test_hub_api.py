@@ -13,10 +13,11 @@ from safetensors.torch import save_file
 
 from serpent_cli import create_model
 from serpent_cli.errors import UsageError, WeightsError
-from serpent_cli.hub import HubError, download
-from serpent_cli.registry import load_registry, sha256_file
-from serpent_cli.registry import main as registry_main
-from serpent_cli.weights import load_model
+from serpent_cli.hub.client import HubError, download
+from serpent_cli.hub.local import sha256_file
+from serpent_cli.hub.registry import load_registry
+from serpent_cli.hub.registry import main as registry_main
+from serpent_cli.hub.weights import load_model
 
 
 @pytest.fixture()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from serpent_cli.device import is_oom
 from serpent_cli.errors import SerpentError
 
 Forward = Callable[[Tensor], Tensor]
@@ -137,12 +138,6 @@ def bytes_per_pixel_estimate(model: nn.Module) -> float:
     return 4096.0
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def run_tiled(
     fn: Forward, image: Tensor, tile: int | None, overlap: int, *, bytes_per_pixel: float
 ) -> tuple[Tensor, int]:
@@ -160,7 +155,7 @@ def run_tiled(
         try:
             return tiled_forward(fn, image, size, overlap), size
         except Exception as exc:
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             if image.device.type == "cuda":
                 torch.cuda.empty_cache()

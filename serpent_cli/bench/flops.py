@@ -41,7 +41,7 @@ class FlopReport:
 def count_flops(model: nn.Module, height: int, width: int | None = None, *, batch: int = 1) -> FlopReport:
     """Forward FLOPs of ``model`` on a (batch, 3, height, width) input, on the model's device.
 
-    Pass a model on the ``meta`` device (see ``serpent_cli.peers.build_model(meta=True)``)
+    Pass a model on the ``meta`` device (see ``serpent_cli.bench.peers.build_model(meta=True)``)
     to count without computing.
     """
     width = height if width is None else width
@@ -67,7 +67,7 @@ def count_flops(model: nn.Module, height: int, width: int | None = None, *, batc
 
 def model_flops(name: str, resolution: int) -> tuple[int, int]:
     """(parameters, forward FLOPs) of bench model ``name`` at resolution x resolution, on meta tensors."""
-    from serpent_cli.peers import build_model, count_params
+    from serpent_cli.bench.peers import build_model, count_params
 
     model = build_model(name, meta=True)
     return count_params(model), count_flops(model, resolution).total

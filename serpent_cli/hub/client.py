@@ -1,4 +1,6 @@
-"""Fetching weights from the Hugging Face Hub: huggingface_hub does the transfer and the cache, we add the checks.
+"""Fetching weights from the Hugging Face Hub, and finding registered weights on this machine (bundled or cached).
+
+huggingface_hub does the transfer and the cache, we add the checks.
 
 ``huggingface_hub`` honours ``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT`` (and
 ``HF_TOKEN``) itself; this module only uses its public API (``hf_hub_download``, ``get_hf_file_metadata``,
@@ -23,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from serpent_cli import __version__
-from serpent_cli.errors import SerpentError, UsageError
-from serpent_cli.registry import RegistryEntry, sha256_file
+from serpent_cli.errors import SerpentError, UsageError, WeightsError
+from serpent_cli.hub.local import bundled_weights_dir, sha256_file
+from serpent_cli.hub.registry import RegistryEntry, load_registry
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -269,8 +272,6 @@ def download_registered(
 
     An entry that is not published is refused without any request: the registry does not pretend.
     """
-    from serpent_cli.weights import bundled_weights_dir
-
     warn = on_warning or (lambda _msg: None)
     if not entry.published:
         bundled = bundled_weights_dir() / entry.bundled_filename
@@ -294,4 +295,88 @@ def download_registered(
         force=force,
         tqdm_class=tqdm_class,
         on_warning=warn,
+    )
+
+
+# ----------------------------------------------------------------------------- what is here
+
+
+def model_status() -> list[dict[str, Any]]:
+    """One row per registry entry: where its weights are (bundled / cached / remote / unavailable).
+
+    ``pin_ok`` is True/False when a local copy exists and a pin exists to check it against, else None.
+    Never touches the network.
+    """
+    rows = []
+    for entry in load_registry().values():
+        bundled = bundled_weights_dir() / entry.bundled_filename
+        bundled_path = bundled if bundled.is_file() else None
+        cached_path = cached_file(entry.repo_id, entry.filename, entry.revision)
+        local = bundled_path or cached_path
+        pin_ok = None if local is None or entry.sha256 is None else sha256_file(local) == entry.sha256
+        if bundled_path is not None:
+            status = "bundled"
+        elif cached_path is not None:
+            status = "cached"
+        elif entry.published:
+            status = "remote"
+        else:
+            status = "unavailable"
+        rows.append(
+            {
+                **entry.to_dict(),
+                "status": status,
+                "bundled": bundled_path is not None,
+                "cached": cached_path is not None,
+                "path": str(local) if local is not None else None,
+                "pin_ok": pin_ok,
+                "url": f"{endpoint()}/{entry.repo_id}" if entry.published else None,
+            }
+        )
+    return rows
+
+
+def registered_pin(path: Path) -> tuple[str, str] | None:
+    """(name, sha256) when ``path`` is a registered weights file with a pin: bundled or Hub-cached."""
+    try:
+        here = Path(path).resolve()
+    except OSError:
+        return None
+    for name, entry in load_registry().items():
+        if not entry.sha256:
+            continue
+        candidates = [
+            bundled_weights_dir() / entry.bundled_filename,
+            cached_file(entry.repo_id, entry.filename, entry.revision),
+        ]
+        for candidate in candidates:
+            if candidate is not None and candidate.exists() and candidate.resolve() == here:
+                return name, entry.sha256
+    return None
+
+
+def resolve_pretrained(name: str) -> Path:
+    """Path of the registered weights for ``name``: bundled ``weights/`` first, then the Hub cache.
+
+    Never touches the network (``serpent download`` does that); the sha256 pin is checked on load.
+    """
+    bundled = bundled_weights_dir() / f"{name}.safetensors"
+    if bundled.is_file():
+        return bundled
+    try:
+        entry = load_registry().get(name)
+    except SerpentError as exc:
+        raise WeightsError(str(exc)) from None
+    if entry is not None:
+        cached = cached_file(entry.repo_id, entry.filename, entry.revision)
+        if cached is not None:
+            return cached
+        if entry.published:
+            hint = f"run 'serpent download {name}' or pass --weights FILE"
+        else:
+            hint = f"{name} is not published on the Hub yet; pass --weights FILE (e.g. from 'serpent train')"
+    else:
+        hint = "pass --weights FILE"
+    raise WeightsError(
+        f"no trained weights for {name}: {bundled.name} is not in {bundled_weights_dir()} nor in the Hub cache; {hint}"
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from serpent_cli.degradation import Degradation, gaussian_kernel_1d
+from serpent_cli.degradation.benchmark import Degradation, gaussian_kernel_1d
 
 # Chosen on natural-val (10 photos, 256x256, whole) under the benchmark degradation with
 # `python scripts/wiener_constant.py` (mean PSNR / SSIM of the clipped result; degraded input 20.69 dB / 0.289):

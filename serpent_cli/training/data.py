@@ -11,14 +11,14 @@ Decisions (the issue is silent on these):
 * Every sample is a pure function of ``(seed, global sample index)``: which image (a fresh
   permutation per epoch), where the crop is, the flips (and, with ``rotate``, a 90-degree
   rotation: the 8 symmetries of the square in all), and the noise all come from a generator
-  seeded with :func:`serpent_cli.degradation.stable_seed`.  So a resumed or multi-process run
+  seeded with :func:`serpent_cli.degradation.benchmark.stable_seed`.  So a resumed or multi-process run
   sees exactly the samples an uninterrupted single run would, without saving data-loader state.
 * Decoded images are cached as uint8 up to ``cache_mb`` (least recently used first out), so a
   large set (60k FFHQ faces) streams from disk instead of filling the memory.
 * The blur is applied to the crop plus the degradation's ``margin`` (half the kernel) on each side,
   then the margin is cut away: the crop is blurred as part of the whole photo, with no artificial
   border.  The degradation is the benchmark or the blind family
-  (:class:`serpent_cli.degradation.RegionDegradation`); the benchmark's samples are bit-identical to
+  (:class:`serpent_cli.degradation.benchmark.RegionDegradation`); the benchmark's samples are bit-identical to
   what they were before the family existed (a test pins them).
 """
 
@@ -26,85 +26,14 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
-from serpent_cli.degradation import BENCHMARK, RegionDegradation, stable_seed
-from serpent_cli.errors import SerpentError, UsageError, require_folder
-from serpent_cli.imageio import IMAGE_EXTENSIONS, ImageReadError, pillow_limit_lifted, read_rgb
-
-
-@dataclass
-class ImageFolderScan:
-    """The usable images of a folder and what was skipped (for warnings)."""
-
-    root: Path
-    images: list[Path]
-    sizes: list[tuple[int, int]]  # (width, height) per image
-    skipped: list[Path]
-    roots: list[Path] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        """The folder name(s), joined with '+', for logs and weights metadata."""
-        return "+".join(r.name for r in (self.roots or [self.root]))
-
-
-def scan_image_folder(root: Path) -> ImageFolderScan:
-    """Images under ``root`` (recursive, sorted); stray or unreadable files are listed in ``skipped``."""
-    root = require_folder(root)
-    images: list[Path] = []
-    sizes: list[tuple[int, int]] = []
-    skipped: list[Path] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if path.name.startswith("."):
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(path)
-            continue
-        try:
-            with pillow_limit_lifted(), Image.open(path) as img:  # header only; decoded (and size-checked) at load
-                sizes.append(img.size)
-            images.append(path)
-        except (UnidentifiedImageError, OSError, ValueError):
-            skipped.append(path)
-    if not images:
-        raise UsageError(f"no readable images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return ImageFolderScan(root, images, sizes, skipped, [root])
-
-
-def scan_image_folders(roots: str | Path | list[str] | list[Path]) -> ImageFolderScan:
-    """Several training folders as one scan: each folder's images in order; a file listed twice counts once."""
-    paths = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
-    if not paths:
-        raise UsageError("no data folder given")
-    scans = [scan_image_folder(p) for p in paths]
-    seen: set[Path] = set()
-    images: list[Path] = []
-    sizes: list[tuple[int, int]] = []
-    for scan in scans:
-        for path, size in zip(scan.images, scan.sizes):
-            if path.resolve() not in seen:
-                seen.add(path.resolve())
-                images.append(path)
-                sizes.append(size)
-    return ImageFolderScan(paths[0], images, sizes, [p for s in scans for p in s.skipped], paths)
-
-
-def _reflect_pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad (C, H, W) up to at least height x width, reflecting (repeatedly for tiny images)."""
-    while x.shape[1] < height or x.shape[2] < width:
-        ph = min(height - x.shape[1], x.shape[1] - 1) if x.shape[1] < height else 0
-        pw = min(width - x.shape[2], x.shape[2] - 1) if x.shape[2] < width else 0
-        if ph <= 0 and pw <= 0:
-            return F.pad(x.unsqueeze(0), (0, max(0, width - x.shape[2]), 0, max(0, height - x.shape[1])),
-                         mode="replicate").squeeze(0)
-        x = F.pad(x.unsqueeze(0), (0, max(pw, 0), 0, max(ph, 0)), mode="reflect").squeeze(0)
-    return x
+from serpent_cli.degradation.benchmark import BENCHMARK, RegionDegradation, stable_seed
+from serpent_cli.errors import SerpentError, UsageError
+from serpent_cli.io.imageio import ImageReadError, read_rgb
+from serpent_cli.models.padding import pad_to_size
 
 
 class RandomCropDataset(torch.utils.data.Dataset):
@@ -183,7 +112,7 @@ class RandomCropDataset(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(stable_seed(f"sample:{k}", self.seed))
         img = self._load(self.image_index(k))
         crop, m = self.crop, self.margin
-        img = _reflect_pad_to(img, crop, crop)
+        img = pad_to_size(img, crop, crop)
         _, h, w = img.shape
         top = int(torch.randint(0, h - crop + 1, (1,), generator=g))
         left = int(torch.randint(0, w - crop + 1, (1,), generator=g))
@@ -217,22 +146,3 @@ class SampleRange(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, self.total_steps - self.start_step) * self.batch
-
-
-def center_crop(img: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Center crop of (C, H, W) to at most size x size (None or 0: the whole image)."""
-    if not size:
-        return img
-    _, h, w = img.shape
-    ch, cw = min(size, h), min(size, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return img[:, top : top + ch, left : left + cw]
-
-
-def relative_key(path: Path, root: Path) -> str:
-    """The relative path (POSIX form) used to seed an image's evaluation noise."""
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return Path(path).name
-

@@ -31,7 +31,7 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        from serpent_cli.peers import BENCH_EXTRA
+        from serpent_cli.bench.peers import BENCH_EXTRA
 
         raise SerpentError(f"--plot needs matplotlib: {BENCH_EXTRA} (or pip install matplotlib)") from None
 

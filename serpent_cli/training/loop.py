@@ -17,7 +17,7 @@ gloo on CPU / nccl on CUDA), and after ``--resume``.  Decisions where the paper 
   ``model.safetensors`` and the checkpoint safetensors hold (``--ema 0`` saves the raw weights).
 * A step is one optimiser update on ``batch_size`` crops per process; an epoch is one pass over the
   images by all processes together.  Samples are a pure function of (seed, global sample index),
-  see :mod:`serpent_cli.data`, so a resumed run sees the same data an uninterrupted run would.
+  see :mod:`serpent_cli.training.data`, so a resumed run sees the same data an uninterrupted run would.
 * Run folder: ``run.json`` (options), ``log.csv``, ``checkpoints/step-N.safetensors`` (EMA weights)
   + ``checkpoints/state-N.pt`` (raw weights, EMA, optimiser, step, RNG; loaded with
   ``weights_only=True``), ``model.safetensors`` (latest EMA) and ``best.safetensors`` (best
@@ -48,18 +48,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from serpent_cli import distributed as dist_util
-from serpent_cli.atomic import write_atomic
-from serpent_cli.data import RandomCropDataset, SampleRange, scan_image_folder, scan_image_folders
-from serpent_cli.degradation_family import degradation_by_name
+from serpent_cli.atomic import write_atomic, write_json_atomic
+from serpent_cli.degradation.family import degradation_by_name
 from serpent_cli.device import resolve_device, resolve_precision
 from serpent_cli.errors import ReportedByAnotherRank, SerpentError, UsageError, first_line
-from serpent_cli.evaluation import BASELINE_NAME, EvalImage, evaluate, load_eval_set, model_restorer
-from serpent_cli.models import create_model, list_models
-from serpent_cli.weights import save_model
+from serpent_cli.evaluation.evaluate import BASELINE_NAME, EvalImage, evaluate, load_eval_set, model_restorer
+from serpent_cli.evaluation.metrics import psnr
+from serpent_cli.factory import create_model
+from serpent_cli.hub.weights import save_model
+from serpent_cli.io.folders import scan_image_folder, scan_image_folders
+from serpent_cli.models.registry import list_models, trainable_models
+from serpent_cli.training.data import RandomCropDataset, SampleRange
 
 STATE_FORMAT = "serpent-train-state"
 STATE_VERSION = 1
-TRAINABLE = ("serpent-b", "serpent-l", "serpent-h", "serpent-l-blind", "unet-32", "unet-64", "unet-128")
 SCHEDULES = ("cosine", "constant")
 MIN_LR_RATIO = 0.01  # the cosine ends at this fraction of the peak learning rate
 LOG_FIELDS = ("step", "epoch", "loss", "train_psnr", "lr", "grad_norm", "it_s", "val_psnr", "val_ssim",
@@ -128,8 +130,8 @@ class TrainOptions:
 
     def check(self) -> None:
         """Reject impossible values with one clear line each (exit 2)."""
-        if self.model not in TRAINABLE:
-            known = ", ".join(m for m in list_models() if m in TRAINABLE)
+        if self.model not in trainable_models():
+            known = ", ".join(trainable_models())
             raise UsageError(f"--model {self.model}: not trainable here; choose one of {known}")
         for name in ("batch_size", "crop", "val_every", "save_every", "keep", "log_every"):
             if getattr(self, name) < 1:
@@ -220,7 +222,7 @@ class EMA:
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
-    """Weights (fp32) + config via :func:`serpent_cli.weights.save_model` (atomic), then fsync."""
+    """Weights (fp32) + config via :func:`serpent_cli.hub.weights.save_model` (atomic), then fsync."""
     save_model(model, path, dtype=None, metadata=metadata)
 
 
@@ -416,7 +418,7 @@ def load_initial_weights(model: nn.Module, spec: str) -> None:
     The architecture must match (for Serpent every config field but the name): a serpent-l
     file can start a serpent-l-blind run, a serpent-b file cannot start a serpent-l one.
     """
-    from serpent_cli.weights import load_model
+    from serpent_cli.hub.weights import load_model
 
     path = Path(spec)
     if path.suffix == ".safetensors" or path.exists():
@@ -562,10 +564,9 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(run_dir)
-        write_atomic(run_dir / "run.json", lambda tmp: Path(tmp).write_text(
-            json.dumps(asdict(opts) | {"world_size": ctx.world_size, "lr_used": lr, "warmup_used": warmup,
-                                       "total_steps": total},
-                       indent=2, sort_keys=True) + "\n"))
+        write_json_atomic(run_dir / "run.json", asdict(opts) | {"world_size": ctx.world_size, "lr_used": lr,
+                                                                "warmup_used": warmup, "total_steps": total},
+                          sort_keys=True)
         log = CsvLog(run_dir / "log.csv", start_step if state else None)
         tb = _tensorboard(run_dir)
     note = (f"{opts.model}: {len(scan.images)} images, crop {opts.crop}, batch {opts.batch_size}x{ctx.world_size}, "
@@ -624,8 +625,9 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
     step = start_step
     prior_elapsed = float(state.get("elapsed_s", 0.0)) if state else 0.0
     t_last, n_last, t0 = time.perf_counter(), step, time.perf_counter()
-    loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
-    grad_norm = torch.zeros(())
+    # Running sums stay on the device: read back only when a log row is written (no host sync per step).
+    loss_sum, psnr_sum, n_sum = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    grad_norm = torch.zeros((), device=device)
     if main and val_items and start_step == 0:
         stats = run_validation(0)
         log.write({"step": 0, "epoch": 0.0, **stats})  # type: ignore[union-attr]
@@ -661,9 +663,8 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             step += 1
             ema.update(model, step)
             with torch.no_grad():
-                mse = (out.detach().clamp(0, 1) - clean).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-                psnr_sum += float((10 * torch.log10(1 / mse)).mean())
-            loss_sum += float(loss.detach())
+                psnr_sum += psnr(out.detach().clamp(0, 1), clean, on_device=True).mean()
+                loss_sum += loss.detach()
             n_sum += 1
             sync = step % opts.save_every == 0 or step == total or (bool(opts.val) and step % opts.val_every == 0)
             if not main:
@@ -674,9 +675,10 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             it_s = (step - n_last) / max(now - t_last, 1e-9)
             row: dict[str, Any] = {}
             if step % opts.log_every == 0 or step == total:
-                row = {"loss": loss_sum / n_sum, "train_psnr": psnr_sum / n_sum, "lr": step_lr, "it_s": it_s,
-                       "grad_norm": float(grad_norm)}
-                loss_sum, psnr_sum, n_sum = 0.0, 0.0, 0
+                row = {"loss": float(loss_sum) / n_sum, "train_psnr": float(psnr_sum) / n_sum, "lr": step_lr,
+                       "it_s": it_s, "grad_norm": float(grad_norm)}
+                loss_sum.zero_(), psnr_sum.zero_()
+                n_sum = 0
                 t_last, n_last = now, step
             if val_items and (step % opts.val_every == 0 or step == total):
                 row |= run_validation(step)
@@ -689,8 +691,9 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
                     for k, v in row.items():
                         if k not in ("step", "epoch") and isinstance(v, float):
                             tb.add_scalar(k, v, step)
-            reporter.step(step, {"loss": float(loss.detach()), "it_s": it_s} | {k: v for k, v in row.items()
-                                                                                  if k in ("train_psnr", "val_psnr")})
+            # The loss shown is the logged mean (every --log-every steps): reading it each step would sync.
+            reporter.step(step, {"it_s": it_s} | {k: v for k, v in row.items()
+                                                  if k in ("loss", "train_psnr", "val_psnr")})
             if step % opts.save_every == 0 or step == total or stop.requested:
                 save_or_explain(step)
             if sync:

@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from serpent_cli import atomic
 from serpent_cli.errors import SerpentError, first_line
-from serpent_cli.formats import EXTENSION_BY_FORMAT, FORMAT_BY_EXTENSION, IMAGE_EXTENSIONS
+from serpent_cli.io.formats import EXTENSION_BY_FORMAT, FORMAT_BY_EXTENSION, IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
     import torch
@@ -134,20 +134,6 @@ class Picture:
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def list_images(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` (by extension, hidden files skipped), sorted for a stable order."""
-    pattern = "**/*" if recursive else "*"
-    return sorted(
-        p
-        for p in Path(folder).glob(pattern)
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p.relative_to(folder))
-    )
-
-
-def _hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
 
 
 def read_rgb(path: Path) -> torch.Tensor:
@@ -564,7 +550,6 @@ __all__ = [
     "Picture",
     "encode_picture",
     "format_for",
-    "list_images",
     "pillow_limit_lifted",
     "read_picture",
     "read_rgb",

@@ -7,8 +7,11 @@ Honesty rule: ``published`` stays ``False`` until the weights really are on the 
 live in the package's ``weights/`` folder (bundled), ``serpent download NAME`` says so instead of trying the
 network, and ``serpent export`` produces the folder to upload.
 
-The sha256 pins are one line per variant in :data:`SHA256_PINS` so they can be updated after training:
-``python -m serpent_cli.registry`` prints the lines to paste, computed from the files in ``weights/``.
+Which names have entries, and the sha256 each file must have, is the model registry's answer
+(:func:`serpent_cli.models.registry.shipped_models`): one table of names for the whole package.  After
+training, ``python -m serpent_cli.hub.registry`` prints the pins of the files in ``weights/`` to paste there.
+This module is plain data and its validation: finding files in the Hub cache is :mod:`serpent_cli.hub.client`'s
+job, hashing and the bundled folder :mod:`serpent_cli.hub.local`'s.
 
 Users (and tests) override or extend entries with a JSON file named by the ``SERPENT_REGISTRY`` environment
 variable: ``{"serpent-b": {"published": true, "revision": "..."}, "my-model": {"repo_id": "me/my-model"}}``.
@@ -19,7 +22,6 @@ Fields given there replace the built-in ones; new names are added (published unl
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from serpent_cli.errors import UsageError
+from serpent_cli.hub.local import bundled_weights_dir, sha256_file
+from serpent_cli.models.registry import shipped_models
 
 REGISTRY_ENV = "SERPENT_REGISTRY"
 HUB_FILENAME = "model.safetensors"
@@ -39,15 +43,6 @@ TRAINING_DATA = (
     "budget: 2000 steps of 4 crops of 96x96, Adam lr 1e-3 cosine, seed 0 (scripts/train_weights.sh cpu); "
     "serpent-h: its first weights, 600 steps of 2 crops of 48x48 of natural-train"
 )
-
-# sha256 of each variant's weights file; None until trained weights exist. One line per variant:
-# paste the output of `python -m serpent_cli.registry` here after training.
-SHA256_PINS: dict[str, str | None] = {
-    "serpent-b": "8c680f3ceb74806ef8beeb74257f6f457e571dc17a93e23bd8c9bda575f30bd7",
-    "serpent-l": "cc49436de7aaa7109e42ac3f3f98e9a734b9ecac6f5d278f952b8066a5fa2c6f",
-    "serpent-h": "0cd722c6579ee83ead40a54a5d97b1870fdad522da106e4a1a2ff60bf6c061f1",
-    "serpent-l-blind": "18a145d9d992105e8133dcf69376adf6cc2c15c8058849eb0e9a0f7a31b21e5c",
-}
 
 # `serpent eval` (PSNR dB / SSIM) of the bundled weights under the benchmark degradation: whole test sets
 # for serpent-b / -l (benchmarks/results/eval/*.json, scripts/results_table.py), the first 4 images of each
@@ -79,7 +74,7 @@ METRICS: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 
-# What each shipped file does to the two reference photos (serpent_cli.evaluation.REFERENCE_PHOTOS, 256 px
+# What each shipped file does to the two reference photos (serpent_cli.evaluation.evaluate.REFERENCE_PHOTOS, 256 px
 # centre crops, benchmark degradation): PSNR gain over the degraded input (dB) and patch-grid score.
 # scripts/ship_weights.py prints these lines; tests/test_shipped_weights.py holds every bundled file to them.
 REFERENCE_CHECKS: dict[str, dict[str, dict[str, float | None]]] = {
@@ -130,19 +125,19 @@ def _description(name: str) -> str:
 
 def _builtin_entries() -> dict[str, RegistryEntry]:
     return {
-        name: RegistryEntry(
-            name=name,
-            repo_id=f"{HUB_ORG}/{name}",
+        info.name: RegistryEntry(
+            name=info.name,
+            repo_id=f"{HUB_ORG}/{info.name}",
             revision="main",  # replace with the commit hash of the upload when publishing
             filename=HUB_FILENAME,
-            sha256=SHA256_PINS[name],
+            sha256=info.weights_sha256,
             published=False,
-            architecture=name,
+            architecture=info.name,
             training_data=TRAINING_DATA,
-            metrics=METRICS.get(name, {}),
-            description=_description(name),
+            metrics=METRICS.get(info.name, {}),
+            description=_description(info.name),
         )
-        for name in SHA256_PINS
+        for info in shipped_models()
     }
 
 
@@ -212,57 +207,10 @@ def get_entry(name: str) -> RegistryEntry:
     return entries[name]
 
 
-def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed (weights can be large)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_status() -> list[dict[str, Any]]:
-    """One row per registry entry: where its weights are (bundled / cached / remote / unavailable).
-
-    ``pin_ok`` is True/False when a local copy exists and a pin exists to check it against, else None.
-    Never touches the network.
-    """
-    from serpent_cli.hub import cached_file, endpoint
-    from serpent_cli.weights import bundled_weights_dir
-
-    rows = []
-    for entry in load_registry().values():
-        bundled = bundled_weights_dir() / entry.bundled_filename
-        bundled_path = bundled if bundled.is_file() else None
-        cached_path = cached_file(entry.repo_id, entry.filename, entry.revision)
-        local = bundled_path or cached_path
-        pin_ok = None if local is None or entry.sha256 is None else sha256_file(local) == entry.sha256
-        if bundled_path is not None:
-            status = "bundled"
-        elif cached_path is not None:
-            status = "cached"
-        elif entry.published:
-            status = "remote"
-        else:
-            status = "unavailable"
-        rows.append(
-            {
-                **entry.to_dict(),
-                "status": status,
-                "bundled": bundled_path is not None,
-                "cached": cached_path is not None,
-                "path": str(local) if local is not None else None,
-                "pin_ok": pin_ok,
-                "url": f"{endpoint()}/{entry.repo_id}" if entry.published else None,
-            }
-        )
-    return rows
-
-
 def pin_lines(weights_dir: Path) -> list[str]:
-    """The ``SHA256_PINS`` lines for the variant files present in ``weights_dir``."""
+    """The sha256 pin lines (``"name": "hex",``) of the shipped models' files present in ``weights_dir``."""
     lines = []
-    for name in SHA256_PINS:
+    for name in (info.name for info in shipped_models()):
         path = weights_dir / f"{name}.safetensors"
         if path.is_file():
             lines.append(f'    "{name}": "{sha256_file(path)}",')
@@ -270,9 +218,7 @@ def pin_lines(weights_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the sha256 pin lines for the bundled weights (paste them into SHA256_PINS)."""
-    from serpent_cli.weights import bundled_weights_dir
-
+    """Print the sha256 pin lines for the bundled weights (paste them into the model registry's entries)."""
     args = sys.argv[1:] if argv is None else argv
     weights_dir = Path(args[0]) if args else bundled_weights_dir()
     lines = pin_lines(weights_dir)

@@ -1,7 +1,7 @@
 """Evaluate a model on a folder under a fixed, seeded degradation (DESIGN.md section 4).
 
-Every clean image is degraded with :data:`serpent_cli.degradation.BENCHMARK` (default) or the blind
-family (:mod:`serpent_cli.degradation_family`); its randomness comes from a generator seeded by the
+Every clean image is degraded with :data:`serpent_cli.degradation.benchmark.BENCHMARK` (default) or the blind
+family (:mod:`serpent_cli.degradation.family`); its randomness comes from a generator seeded by the
 image's relative path and a global seed, so the inputs (and hence the numbers) are the same on every
 run and machine.  Decisions where the issue is silent:
 
@@ -11,19 +11,17 @@ run and machine.  Decisions where the issue is silent:
 * Metrics are computed per image in float64 on the CPU; means are plain means over images.
 * ``crop`` takes a centered crop before degrading (used by training validation to stay cheap).
 * Under the benchmark, a classical row sits beside the degraded input: Wiener deconvolution with the
-  benchmark's known kernel (:mod:`serpent_cli.wiener`), so every table shows what learning adds over
+  benchmark's known kernel (:mod:`serpent_cli.evaluation.wiener`), so every table shows what learning adds over
   the textbook answer.  Under the blind family there is no Wiener row: the kernel is unknown to a
   blind method, and an oracle fed each image's true kernel (with one K tuned for noise 0.05, on images
   that may be sharp, noiseless or JPEG-blocked) would be neither a fair peer nor a meaningful bound.
-* Grid score (:func:`serpent_cli.metrics.grid_score`) per model with a patch size P >= 2 (serpent-b 4,
+* Grid score (:func:`serpent_cli.evaluation.metrics.grid_score`) per model with a patch size P >= 2 (serpent-b 4,
   serpent-l 2).  For P = 1 (serpent-h) and models without patches (U-Net, the baselines) there is no
   patch boundary to see: the score is reported as n/a (``None`` in JSON), not as a vacuous 1.0.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +29,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from serpent_cli.data import center_crop, relative_key, scan_image_folder
-from serpent_cli.degradation import BENCHMARK, EVAL_SEED, Degradation, RegionDegradation
-from serpent_cli.degradation_family import degrade_keyed
+from serpent_cli.degradation.benchmark import BENCHMARK, EVAL_SEED, Degradation, RegionDegradation
+from serpent_cli.degradation.family import degrade_keyed
 from serpent_cli.errors import UsageError
-from serpent_cli.imageio import ImageReadError, read_rgb
-from serpent_cli.metrics import LPIPS, SSIM_WINDOW, grid_score, lpips_unavailable_reason, psnr, ssim
-from serpent_cli.wiener import WIENER_K, benchmark_kernel, wiener_deconvolve
+from serpent_cli.evaluation.metrics import (
+    LPIPS,
+    SSIM_WINDOW,
+    grid_score,
+    lpips_unavailable_reason,
+    mean_or_nan,
+    psnr,
+    ssim,
+)
+from serpent_cli.evaluation.wiener import WIENER_K, benchmark_kernel, wiener_deconvolve
+from serpent_cli.io.folders import scan_image_folder
+from serpent_cli.io.imageio import ImageReadError, read_rgb
+from serpent_cli.io.tile_options import DEFAULT_OVERLAP
+from serpent_cli.restore import Restorer
 
 BASELINE_NAME = "degraded input"
 WIENER_NAME = "wiener (known kernel)"
@@ -92,6 +100,24 @@ def load_eval_set(folder: Path, *, seed: int = EVAL_SEED, crop: int | None = Non
     return items, skipped
 
 
+def center_crop(img: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Center crop of (C, H, W) to at most size x size (None or 0: the whole image)."""
+    if not size:
+        return img
+    _, h, w = img.shape
+    ch, cw = min(size, h), min(size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return img[:, top : top + ch, left : left + cw]
+
+
+def relative_key(path: Path, root: Path) -> str:
+    """The relative path (POSIX form) used to seed an image's evaluation noise."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 Restore = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -104,8 +130,8 @@ def load_eval_model(model: str | None, weights: Path | None) -> tuple[nn.Module,
     label names the file, e.g. ``serpent-b (runs/b/model.safetensors)``: rows of two runs of one
     variant stay apart.
     """
+    from serpent_cli.hub.weights import load_model
     from serpent_cli.restore import pretrained_weights
-    from serpent_cli.weights import load_model
 
     if weights is None:
         name, path = pretrained_weights(model)
@@ -116,25 +142,11 @@ def load_eval_model(model: str | None, weights: Path | None) -> tuple[nn.Module,
     return net, f"{variant} ({weights})"
 
 
-def model_restorer(model: nn.Module, device: torch.device, *, tile: int | None = 0, overlap: int = 32,
+def model_restorer(model: nn.Module, device: torch.device, *, tile: int | None = 0, overlap: int = DEFAULT_OVERLAP,
                    autocast_dtype: torch.dtype | None = None) -> Restore:
-    """A function (C, H, W) degraded -> (C, H, W) restored on the CPU, optionally tiled."""
-
-    @torch.no_grad()
-    def restore(degraded: torch.Tensor) -> torch.Tensor:
-        x = degraded.unsqueeze(0).to(device)
-        ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype not in (None, torch.float32)
-               else contextlib.nullcontext())
-        with ctx:
-            if tile == 0:
-                y = model(x)
-            else:
-                from serpent_cli.tiling import bytes_per_pixel_estimate, run_tiled
-
-                y, _ = run_tiled(model, x, tile, overlap, bytes_per_pixel=bytes_per_pixel_estimate(model))
-        return y.float()[0].cpu()
-
-    return restore
+    """A function (C, H, W) degraded -> (C, H, W) restored on the CPU: a :class:`~serpent_cli.restore.Restorer`."""
+    restorer = Restorer(model, device, autocast_dtype or torch.float32, tile=tile, overlap=overlap)
+    return lambda degraded: restorer.restore_tensor(degraded.unsqueeze(0))[0]
 
 
 def patch_size_of(model: nn.Module) -> int | None:
@@ -157,10 +169,6 @@ def score(pred: torch.Tensor, clean: torch.Tensor, lpips_fn: LPIPS | None = None
     if lpips_fn is not None:
         out["lpips"] = float(lpips_fn(pred, clean))
     return out
-
-
-def _mean(values: list[float]) -> float:
-    return math.fsum(values) / len(values) if values else float("nan")
 
 
 def evaluate(items: list[EvalImage], models: dict[str, Restore], *, folder: str = "", seed: int = EVAL_SEED,
@@ -211,9 +219,9 @@ def _summarise(name: str, scores_list: list[dict[str, float | None]], untouched:
     for metric in ("psnr", "ssim", "lpips", "grid"):
         if changed and metric in changed[0]:
             values = [s[metric] for s in changed]
-            entry[metric] = None if None in values else _mean(values)
+            entry[metric] = None if None in values else mean_or_nan(values)
     entry["untouched_images"] = len(kept)
-    entry["untouched_psnr"] = _mean([float(s["psnr"]) for s in kept]) if kept else None  # type: ignore[arg-type]
+    entry["untouched_psnr"] = mean_or_nan([float(s["psnr"]) for s in kept]) if kept else None  # type: ignore[arg-type]
     return entry
 
 

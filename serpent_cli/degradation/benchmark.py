@@ -22,7 +22,7 @@ EVAL_SEED = 0
 """The global seed of the benchmark noise (`serpent eval`, `serpent degrade`)."""
 
 DEGRADATION_NAMES = ("benchmark", "blind")
-"""The benchmark (the paper's, fixed) and the blind family (:mod:`serpent_cli.degradation_family`)."""
+"""The benchmark (the paper's, fixed) and the blind family (:mod:`serpent_cli.degradation.family`)."""
 
 
 def check_degradation_name(name: str) -> None:
@@ -73,13 +73,15 @@ class Degradation:
         """Per-channel separable Gaussian blur with reflect padding; (B, C, H, W) or (C, H, W)."""
         import torch.nn.functional as F
 
+        from serpent_cli.models.padding import reflect_pad
+
         if self.blur_sigma == 0 or self.kernel_size == 1:
             return images
         squeeze = images.dim() == 3
         x = images.unsqueeze(0) if squeeze else images
         k = gaussian_kernel_1d(self.kernel_size, self.blur_sigma, dtype=x.dtype, device=x.device)
         c = x.shape[1]
-        x = _reflect_pad(x, self.kernel_size // 2)
+        x = reflect_pad(x, *(self.kernel_size // 2,) * 4)
         x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
         x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
         return x.squeeze(0) if squeeze else x
@@ -131,19 +133,6 @@ def gaussian_kernel_1d(size: int, sigma: float, *, dtype: torch.dtype | None = N
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     k = torch.exp(-(x**2) / (2 * sigma**2))
     return (k / k.sum()).to(dtype=dtype or torch.float32, device=device)
-
-
-def _reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Reflect padding that also works when the image is smaller than the kernel radius."""
-    import torch.nn.functional as F
-
-    while pad > 0:
-        step = min(pad, x.shape[-1] - 1, x.shape[-2] - 1)
-        if step <= 0:
-            return F.pad(x, (pad, pad, pad, pad), mode="replicate")
-        x = F.pad(x, (step, step, step, step), mode="reflect")
-        pad -= step
-    return x
 
 
 def stable_seed(key: str, seed: int = 0) -> int:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from serpent_cli import __version__
-from serpent_cli.atomic import write_atomic
+from serpent_cli.atomic import write_atomic, write_json_atomic
 from serpent_cli.errors import SerpentError, UsageError, WeightsError
-from serpent_cli.registry import HUB_FILENAME, load_registry, sha256_file
+from serpent_cli.hub.local import sha256_file
+from serpent_cli.hub.registry import HUB_FILENAME, load_registry
 
 LIBRARY_NAME = "serpent-cli"
 TAGS = ["image-restoration", "deblurring", "denoising", "state-space-model", "mamba", "serpent", "safetensors"]
@@ -167,7 +168,7 @@ def export_folder(
     weights = Path(weights)
     if not weights.exists():  # before torch and safetensors load: a typo answers at once
         raise WeightsError(f"weights file not found: {weights}")
-    from serpent_cli.weights import FORMAT_NAME, FORMAT_VERSION, load_model, read_metadata
+    from serpent_cli.hub.weights import FORMAT_NAME, FORMAT_VERSION, load_model, read_metadata
 
     model = load_model(weights)  # raises one clear WeightsError for anything that is not a valid Serpent file
     config = model.config.to_dict()  # type: ignore[union-attr, operator]
@@ -222,7 +223,7 @@ def export_folder(
     )
     try:
         write_atomic(targets[0], lambda tmp: shutil.copyfile(weights, tmp))
-        write_atomic(targets[1], lambda tmp: tmp.write_text(json.dumps(hub_config, indent=2) + "\n", encoding="utf-8"))
+        write_json_atomic(targets[1], hub_config)
         write_atomic(targets[2], lambda tmp: tmp.write_text(card, encoding="utf-8"))
     except OSError as exc:
         raise SerpentError(f"cannot write into {out_dir}: {exc}") from None

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serpent_cli.errors import EXIT_OK, EXIT_SOME_FAILED, SerpentError, UsageError
-from serpent_cli.formats import IMAGE_EXTENSIONS
+from serpent_cli.io.formats import IMAGE_EXTENSIONS, walk_folder
 
 if TYPE_CHECKING:
-    from serpent_cli.imageio import Picture
+    from rich.console import Console
+
+    from serpent_cli.io.imageio import Picture
 
 STDIO = "-"
 _GLOB_CHARS = set("*?[")
@@ -132,16 +134,12 @@ def expand_inputs(
 
 
 def _add_folder(folder: Path, recursive: bool, add: Callable[..., None], warn: Callable[[str], None]) -> None:
-    pattern = "**/*" if recursive else "*"
     found = 0
-    for p in sorted(folder.glob(pattern)):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-            continue
-        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+    for p, is_image in walk_folder(folder, recursive):
+        if not is_image:
             warn(f"skipping {p}: not an image file (extension {p.suffix or 'none'})")
             continue
-        add(str(p), rel.as_posix(), from_folder=True)
+        add(str(p), p.relative_to(folder).as_posix(), from_folder=True)
         found += 1
     if not found:
         where = "or its subfolders " if recursive else ""
@@ -264,7 +262,7 @@ def process_image(job: Job, transform: Transform, policy: OutputPolicy, warn: Ca
     ``transform`` returns the new picture and extra fields for the job's result.  Existing outputs are
     skipped or refused per ``policy`` before anything is read.
     """
-    from serpent_cli.imageio import EXTENSION_BY_FORMAT, OutputExistsError, format_for, read_picture, write_picture
+    from serpent_cli.io.imageio import EXTENSION_BY_FORMAT, OutputExistsError, format_for, read_picture, write_picture
 
     assert job.output is not None
     if check_existing(job.output, overwrite=policy.overwrite, skip_existing=policy.skip_existing) == "skip":
@@ -298,10 +296,14 @@ def run_jobs(
     work: Work,
     *,
     on_result: Callable[[Result], None],
-    progress: bool,
+    progress: Console | None,
     label: str = "images",
 ) -> list[Result]:
-    """Run ``work`` on each job; a failing job becomes a failed result and the batch goes on."""
+    """Run ``work`` on each job; a failing job becomes a failed result and the batch goes on.
+
+    ``progress`` is the console to draw a progress bar on (the CLI's stderr console), or None for none:
+    the caller decides where output goes, so this library module never imports the CLI.
+    """
     results: list[Result] = []
 
     def one(job: Job) -> Result:
@@ -324,15 +326,13 @@ def run_jobs(
     if progress and jobs:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from serpent_cli.cli.common import err_console
-
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[last]}"),
-            console=err_console,
+            console=progress,
             transient=False,
         ) as bar:
             task = bar.add_task(label, total=len(jobs), last="")

@@ -84,11 +84,3 @@ class SerpentConfig:
     def from_json(cls, text: str) -> SerpentConfig:
         return cls.from_dict(json.loads(text))
 
-
-VARIANTS: dict[str, SerpentConfig] = {
-    "serpent-b": SerpentConfig(name="serpent-b", patch_size=4),
-    "serpent-l": SerpentConfig(name="serpent-l", patch_size=2),
-    "serpent-h": SerpentConfig(name="serpent-h", patch_size=1),
-    # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
-    "serpent-l-blind": SerpentConfig(name="serpent-l-blind", patch_size=2),
-}

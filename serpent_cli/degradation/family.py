@@ -1,6 +1,6 @@
 """The blind degradation family (DESIGN.md section 4): what real photos go through, randomised.
 
-The benchmark (:mod:`serpent_cli.degradation`) is one fixed Gaussian blur plus one noise level; a real
+The benchmark (:mod:`serpent_cli.degradation.benchmark`) is one fixed Gaussian blur plus one noise level; a real
 photo is softly focused, shaken, defocused, sometimes sharp, more or less noisy, often JPEG-compressed.
 A model trained on this family learns to undo each amount of each kind, and to leave sharp photos
 alone.  One draw, in this order (every number comes from the caller's generator):
@@ -31,7 +31,7 @@ than either Gaussian (they are the harder, non-separable ones), and about one sa
 sharp so "do no harm" is learned.  The mixture covers the benchmark (sigma 3, noise 0.05) too.
 
 Every draw is a pure function of the generator's seed; callers seed it with
-:func:`serpent_cli.degradation.stable_seed` of (seed, image key), so training, resume, DDP and
+:func:`serpent_cli.degradation.benchmark.stable_seed` of (seed, image key), so training, resume, DDP and
 evaluation all see the same samples.  :func:`degradation_by_name` maps the CLI's names to objects.
 """
 
@@ -46,14 +46,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from serpent_cli.degradation import (
+from serpent_cli.degradation.benchmark import (
     BENCHMARK,
     Degradation,
     RegionDegradation,
-    _reflect_pad,
     check_degradation_name,
     seeded_generator,
 )
+from serpent_cli.models.padding import reflect_pad
 
 KERNEL_RADIUS = 12
 KERNEL_SIZE = 2 * KERNEL_RADIUS + 1
@@ -187,7 +187,7 @@ class BlindFamily:
         if draw.kernel is None:
             return images
         c = images.shape[0]
-        x = _reflect_pad(images.unsqueeze(0), KERNEL_RADIUS)
+        x = reflect_pad(images.unsqueeze(0), *(KERNEL_RADIUS,) * 4)
         k = draw.kernel.to(dtype=x.dtype, device=x.device)
         return F.conv2d(x, k.view(1, 1, KERNEL_SIZE, KERNEL_SIZE).expand(c, 1, -1, -1), groups=c).squeeze(0)
 

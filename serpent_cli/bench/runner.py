@@ -2,7 +2,7 @@
 
 Method (why each choice):
 
-* FLOPs and parameters are counted on ``meta`` tensors (:mod:`serpent_cli.flops`), so they
+* FLOPs and parameters are counted on ``meta`` tensors (:mod:`serpent_cli.bench.flops`), so they
   are exact and cost nothing, whatever the device.
 * Latency: ``warmup`` untimed calls (allocator, kernel selection, Adam state), then the
   median of ``repeats`` timed calls; on CUDA each call is timed with CUDA events, elsewhere
@@ -40,8 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from serpent_cli import __version__
+from serpent_cli.bench.peers import MODELS, build_model, count_params
+from serpent_cli.device import is_oom
 from serpent_cli.errors import SerpentError, UsageError
-from serpent_cli.peers import MODELS, build_model, count_params
+from serpent_cli.io.tile_options import DEFAULT_OVERLAP
 
 # Columns that get a ratio to the reference model (value / reference value).
 RATIO_COLUMNS = ("params", "gflops", "infer_ms", "infer_mib", "train_ms", "train_mib", "mp_per_s")
@@ -60,7 +62,7 @@ class MeasureSpec:
     repeats: int = 3
     threads: int = 0  # 0 = torch's default
     tile: int = 0
-    overlap: int = 32
+    overlap: int = DEFAULT_OVERLAP
     memory_limit_mib: int = 0  # CPU child: cap on address-space growth; 0 = none
     budget_s: float = 0.0  # fewer repeats when one call takes long (0 = always ``repeats``)
 
@@ -125,14 +127,6 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Whether an exception means 'this does not fit in memory' (CUDA, CPU allocator, rlimit)."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return any(s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory"))
-
-
 def _run_spec(spec: MeasureSpec, device: torch.device) -> list[float]:
     """Build the model, run the measurement, return the per-call times (ms)."""
     torch.manual_seed(0)
@@ -152,7 +146,7 @@ def _run_spec(spec: MeasureSpec, device: torch.device) -> list[float]:
         return time_calls(step, device, max(1, spec.warmup), spec.repeats, spec.budget_s)  # warm-up: Adam state
     model.eval()
     if spec.kind == "tile":
-        from serpent_cli.tiling import tiled_forward
+        from serpent_cli.io.tiling import tiled_forward
 
         def call() -> object:
             return tiled_forward(model, image, spec.tile, spec.overlap)
@@ -248,7 +242,7 @@ def available_memory_mib() -> int:
 
 def measure_in_child(spec: MeasureSpec, timeout: float | None) -> Measurement:
     """Run one measurement in a fresh Python process (CPU: clean peak RSS per measurement)."""
-    cmd = [sys.executable, "-m", "serpent_cli.benchmark", "--worker", json.dumps(asdict(spec))]
+    cmd = [sys.executable, "-m", "serpent_cli.bench.runner", "--worker", json.dumps(asdict(spec))]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -263,7 +257,7 @@ def measure_in_child(spec: MeasureSpec, timeout: float | None) -> Measurement:
 
 
 def _worker_main(argv: Sequence[str]) -> None:
-    """Child-process entry: ``python -m serpent_cli.benchmark --worker SPEC_JSON``."""
+    """Child-process entry: ``python -m serpent_cli.bench.runner --worker SPEC_JSON``."""
     spec = MeasureSpec(**json.loads(argv[1]))
     _limit_address_space(spec.memory_limit_mib)
     result = measure_here(spec)
@@ -288,7 +282,7 @@ class BenchOptions:
     repeats: int | None = None
     timeout: float | None = 600.0
     tiles: list[int] | None = None  # --tiles: tile sizes to try (0 = untiled; [] = default sizes)
-    overlap: int = 32
+    overlap: int = DEFAULT_OVERLAP
     memory_limit_mib: int | None = None  # CPU: per-measurement allocation cap; None = 85% of available RAM
     budget_s: float = 30.0  # per measurement: slow models get fewer repeats (at least 1 after warm-up)
 
@@ -400,7 +394,7 @@ def run_bench(
     ``on_update`` gets the partial result after every row, so a run cut short (a GPU lease
     ending, Ctrl-C) still leaves everything measured so far on disk.
     """
-    from serpent_cli.flops import count_flops
+    from serpent_cli.bench.flops import count_flops
 
     say = progress or (lambda _msg: None)
     memory_limit = 0
@@ -465,7 +459,7 @@ def run_bench(
 
 def run_tiles(options: BenchOptions, say: Callable[[str], None], memory_limit: int) -> list[dict[str, Any]]:
     """Time and peak memory of a tiled forward pass per tile size, for one image size."""
-    from serpent_cli.tiling import tile_starts
+    from serpent_cli.io.tiling import tile_starts
 
     res = options.resolutions[0]
     rows = []
@@ -509,15 +503,6 @@ def add_ratios(rows: list[dict[str, Any]], reference: str) -> None:
             value, base = _value(row, column), (_value(ref, column) if ref else None)
             ratios[column] = value / base if value is not None and base else None
         row["ratios"] = ratios
-
-
-def write_json(result: dict[str, Any], path: str) -> None:
-    """Write the result atomically (temporary file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Only safetensors is ever read (never pickle), and the header is validated before
 tensor is touched, so a foreign or corrupt file is one clear error, not a half-loaded model.
 
 Registered files (bundled in ``weights/`` or in the Hub cache for a registry entry) must also match the
-sha256 the registry pins (:mod:`serpent_cli.registry`); other files (``--weights`` of a user's own
+sha256 the registry pins (:func:`serpent_cli.hub.client.registered_pin`); other files (``--weights`` of a user's own
 training) are checked structurally only, since no pin can exist for them.
 """
 
@@ -24,9 +24,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from serpent_cli.atomic import write_atomic
-from serpent_cli.config import CONFIG_FORMAT_VERSION, VARIANTS, SerpentConfig
 from serpent_cli.errors import WeightsError, first_line
-from serpent_cli.registry import sha256_file
+from serpent_cli.hub.client import registered_pin
+from serpent_cli.hub.local import verify_sha256
+from serpent_cli.models.config import CONFIG_FORMAT_VERSION, SerpentConfig
+from serpent_cli.models.registry import variants
 
 FORMAT_NAME = "serpent-weights"
 FORMAT_VERSION = "1"
@@ -43,23 +45,6 @@ SERPENT_INT_RANGES = {"patch_size": (1, 16), "embed_dim": (1, 1024), "in_chans":
 SERPENT_FLOAT_RANGES = {"state_divisor": (0.01, 4096.0), "dt_min": (1e-9, 10.0), "dt_max": (1e-9, 10.0),
                         "norm_eps": (1e-12, 1.0)}
 UNET_INT_RANGES = {"channels": (1, 1024), "depth": (1, 8), "in_chans": (1, 4)}
-
-
-WEIGHTS_DIR_ENV = "SERPENT_WEIGHTS_DIR"
-
-
-def bundled_weights_dir() -> Path:
-    """Where weights shipped with the package live (wheel: serpent_cli/_weights; checkout: weights/).
-
-    ``SERPENT_WEIGHTS_DIR`` points it elsewhere (a shared folder of weights; tests).
-    """
-    override = os.environ.get(WEIGHTS_DIR_ENV)
-    if override:
-        return Path(override).expanduser()
-    packaged = Path(__file__).resolve().parent / "_weights"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "weights"
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -185,45 +170,6 @@ def save_model(
     return path
 
 
-def verify_sha256(path: Path, expected: str, what: str = "") -> str:
-    """Check ``path`` against a pinned sha256; a mismatch (corrupt, truncated, replaced) is a WeightsError."""
-    try:
-        digest = sha256_file(path)
-    except FileNotFoundError:
-        raise WeightsError(f"weights file not found: {path}") from None
-    except IsADirectoryError:
-        raise WeightsError(f"{path} is a directory, not a weights file") from None
-    if digest != expected.lower():
-        raise WeightsError(
-            f"{path}: sha256 {digest[:16]}... does not match the registered {what or 'weights'} "
-            f"({expected[:16]}...); the file is corrupt, truncated or replaced. Restore it (reinstall serpent "
-            f"for bundled weights, 'serpent download {what or 'NAME'} --force' for the Hub cache)"
-        )
-    return digest
-
-
-def registered_pin(path: Path) -> tuple[str, str] | None:
-    """(name, sha256) when ``path`` is a registered weights file with a pin: bundled or Hub-cached."""
-    from serpent_cli.hub import cached_file
-    from serpent_cli.registry import load_registry
-
-    try:
-        here = Path(path).resolve()
-    except OSError:
-        return None
-    for name, entry in load_registry().items():
-        if not entry.sha256:
-            continue
-        candidates = [
-            bundled_weights_dir() / entry.bundled_filename,
-            cached_file(entry.repo_id, entry.filename, entry.revision),
-        ]
-        for candidate in candidates:
-            if candidate is not None and candidate.exists() and candidate.resolve() == here:
-                return name, entry.sha256
-    return None
-
-
 def load_model(path: Path, *, expected_name: str | None = None, sha256: str | None = None) -> nn.Module:
     """Build the network a weights file describes and load it, strictly (fp32 on CPU).
 
@@ -243,7 +189,7 @@ def load_model(path: Path, *, expected_name: str | None = None, sha256: str | No
     config = read_config(path)
     if expected_name and expected_name.startswith("unet"):
         raise WeightsError(f"{path}: holds a {config.name}, not a {expected_name}; pick the matching --model")
-    expected = VARIANTS.get(expected_name or "")
+    expected = variants().get(expected_name or "")
     if expected is not None and expected.patch_size != config.patch_size:
         raise WeightsError(
             f"{path}: holds a {config.name} (patch size {config.patch_size}), not a {expected_name}; "
@@ -307,34 +253,3 @@ def _build_unet(path: Path, meta: dict[str, str], expected_name: str | None) -> 
     if expected_name and expected_name != name:
         raise WeightsError(f"{path}: holds a {name}, not a {expected_name}; pick the matching --model")
     return model
-
-
-def resolve_pretrained(name: str) -> Path:
-    """Path of the registered weights for ``name``: bundled ``weights/`` first, then the Hub cache.
-
-    Never touches the network (``serpent download`` does that); the sha256 pin is checked on load.
-    """
-    from serpent_cli.errors import SerpentError
-    from serpent_cli.hub import cached_file
-    from serpent_cli.registry import load_registry
-
-    bundled = bundled_weights_dir() / f"{name}.safetensors"
-    if bundled.is_file():
-        return bundled
-    try:
-        entry = load_registry().get(name)
-    except SerpentError as exc:
-        raise WeightsError(str(exc)) from None
-    if entry is not None:
-        cached = cached_file(entry.repo_id, entry.filename, entry.revision)
-        if cached is not None:
-            return cached
-        if entry.published:
-            hint = f"run 'serpent download {name}' or pass --weights FILE"
-        else:
-            hint = f"{name} is not published on the Hub yet; pass --weights FILE (e.g. from 'serpent train')"
-    else:
-        hint = "pass --weights FILE"
-    raise WeightsError(
-        f"no trained weights for {name}: {bundled.name} is not in {bundled_weights_dir()} nor in the Hub cache; {hint}"
-    )

@@ -17,12 +17,13 @@ local torch hub cache: this module never downloads anything, and says why LPIPS 
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from serpent_cli.degradation.benchmark import gaussian_kernel_1d
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -31,30 +32,28 @@ SSIM_K2 = 0.03
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 
 
-def _as_batch(x: torch.Tensor) -> torch.Tensor:
+def _as_batch(x: torch.Tensor, on_device: bool = False) -> torch.Tensor:
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4:
         raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
-    return x.detach().to("cpu", torch.float64)
+    return x.detach() if on_device else x.detach().to("cpu", torch.float64)
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR in dB per image of a batch ((N,) tensor; a scalar tensor for one (C, H, W) image)."""
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, *,
+         on_device: bool = False) -> torch.Tensor:
+    """PSNR in dB per image of a batch ((N,) tensor; a scalar tensor for one (C, H, W) image).
+
+    Scores are float64 on the CPU; ``on_device`` keeps the tensors' own device and dtype instead (the
+    training loop's running PSNR: no copy to the host, so no sync per step).
+    """
     single = pred.dim() == 3
-    p, t = _as_batch(pred), _as_batch(target)
+    p, t = _as_batch(pred, on_device), _as_batch(target, on_device)
     if p.shape != t.shape:
         raise ValueError(f"shape mismatch: {tuple(p.shape)} vs {tuple(t.shape)}")
     mse = (p - t).pow(2).flatten(1).mean(1)
     out = 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-20))
     return out[0] if single else out
-
-
-@functools.cache
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    return k / k.sum()
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -66,7 +65,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
     _, c, h, w = p.shape
     if h < SSIM_WINDOW or w < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
-    k = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA)
+    k = gaussian_kernel_1d(SSIM_WINDOW, SSIM_SIGMA, dtype=torch.float64)  # the blur's kernel, SSIM's window
     kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
     ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
 
@@ -154,4 +153,5 @@ class LPIPS:
 
 
 def mean_or_nan(values: list[float]) -> float:
+    """Mean of per-image scores (exact sum); NaN for none, so an empty set never reads as a score."""
     return math.fsum(values) / len(values) if values else float("nan")

@@ -1,0 +1,1 @@
+"""`serpent bench`: the models compared, FLOP counting, isolated measurements, plots."""

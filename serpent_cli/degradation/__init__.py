@@ -1,0 +1,1 @@
+"""The degradations training and evaluation share: the fixed benchmark and the blind family."""

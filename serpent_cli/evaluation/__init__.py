@@ -1,0 +1,1 @@
+"""`serpent eval`: scoring restorers on a folder under a seeded degradation; metrics; the Wiener baseline."""

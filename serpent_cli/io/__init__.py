@@ -1,0 +1,1 @@
+"""Pictures in and out: decoding / encoding with metadata kept, the batch of files a command works on, tiling."""

@@ -1,0 +1,178 @@
+"""The one registry of model names: what each named model is and supports; every other layer asks it.
+
+timm-style (models register into one table; :func:`serpent_cli.create_model` asks it) with a
+spandrel-style descriptor per name (:class:`ModelInfo`: the Serpent config, whether `serpent train`
+takes it, whether trained weights ship and with which sha256, where it stands in the default order of
+`serpent deblur` / `serpent eval`, whether it needs the optional spandrel package).  The Serpent
+variants, the trainable models, the bench line-up, the default order and the weights registry
+(:mod:`serpent_cli.hub.registry`) are all views of this table, so a new model is one entry here.
+
+Torch is not imported here: names, descriptors and configs answer a usage error in milliseconds;
+the network classes are imported when a model is first built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from serpent_cli.errors import UsageError
+from serpent_cli.models.config import SerpentConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ModelFactory = Callable[..., "nn.Module"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One named model: how to build it (random init) and what it supports."""
+
+    name: str
+    description: str
+    build: ModelFactory  # keyword overrides of the architecture; fresh random weights
+    family: str  # "serpent", "unet" or "spandrel" (third-party peers for `serpent bench`)
+    config: SerpentConfig | None = None  # Serpent variants only
+    trainable: bool = False  # `serpent train --model` accepts it
+    weights_sha256: str | None = None  # pin of the trained weights we ship (None: none ship)
+    default_rank: int | None = None  # position in the default choice of deblur / eval (None: never the default)
+    needs_spandrel: bool = False  # built from the optional `bench` extra
+    in_bench: bool = True  # one of `serpent bench`'s models (not for a second set of weights of one architecture)
+
+    @property
+    def patch_size(self) -> int | None:
+        """Output patch size P of a Serpent variant (its grid period); None for models without patches."""
+        return self.config.patch_size if self.config is not None else None
+
+    @property
+    def ships_weights(self) -> bool:
+        """Trained weights for this name ship in ``weights/`` and are pinned by sha256."""
+        return self.weights_sha256 is not None
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, factory: ModelFactory, **fields: Any) -> ModelInfo:
+    """Make ``name`` buildable with :func:`serpent_cli.create_model`; ``fields`` fill its :class:`ModelInfo`."""
+    info = ModelInfo(name=name, description=fields.pop("description", name), build=factory,
+                     family=fields.pop("family", "custom"), **fields)
+    _REGISTRY[name] = info
+    return info
+
+
+def model_info(name: str) -> ModelInfo:
+    """The descriptor of ``name``; a KeyError listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def registered() -> list[ModelInfo]:
+    """Every descriptor, in registration order (Serpent variants, U-Nets, then peers)."""
+    return list(_REGISTRY.values())
+
+
+def list_models(*, include_peers: bool = False) -> list[str]:
+    """Names :func:`serpent_cli.create_model` builds, sorted; ``include_peers`` adds the spandrel peers."""
+    return sorted(n for n, info in _REGISTRY.items() if include_peers or not info.needs_spandrel)
+
+
+def variants() -> dict[str, SerpentConfig]:
+    """The Serpent variants by name (what ``serpent_cli.VARIANTS`` is)."""
+    return {n: info.config for n, info in _REGISTRY.items() if info.config is not None}
+
+
+def trainable_models() -> list[str]:
+    """Names `serpent train --model` accepts, in registration order."""
+    return [n for n, info in _REGISTRY.items() if info.trainable]
+
+
+def shipped_models() -> list[ModelInfo]:
+    """Models whose trained weights ship (bundled and pinned), in registration order."""
+    return [info for info in _REGISTRY.values() if info.ships_weights]
+
+
+def default_order() -> tuple[str, ...]:
+    """Without --model, `serpent deblur` and `serpent eval` use the first of these whose weights are here."""
+    ranked = sorted((info.default_rank, n) for n, info in _REGISTRY.items() if info.default_rank is not None)
+    return tuple(n for _, n in ranked)
+
+
+def check_variant(name: str | None) -> None:
+    """A ``--model`` naming no Serpent variant is a usage error (checked before anything is loaded)."""
+    known = variants()
+    if name is not None and name not in known:
+        raise UsageError(f"unknown --model {name!r}; choose one of {', '.join(known)}")
+
+
+def build_model(name: str, **overrides: Any) -> nn.Module:
+    """A freshly initialised model by name; ``overrides`` change architecture fields."""
+    return model_info(name).build(**overrides)
+
+
+# ----------------------------------------------------------------------------- the built-in models
+
+
+def _serpent(config: SerpentConfig) -> ModelFactory:
+    def build(**overrides: Any) -> nn.Module:
+        from serpent_cli.models.serpent import Serpent
+
+        return Serpent(dataclasses.replace(config, **overrides))
+
+    return build
+
+
+def _unet(width: int) -> ModelFactory:
+    def build(**overrides: Any) -> nn.Module:
+        from serpent_cli.models.unet import UNet
+
+        return UNet(channels=width, **overrides)
+
+    return build
+
+
+def _spandrel(name: str) -> ModelFactory:
+    def build(**overrides: Any) -> nn.Module:
+        from serpent_cli.models.peers import build_spandrel
+
+        return build_spandrel(name, **overrides)
+
+    return build
+
+
+def _register_serpent(name: str, patch_size: int, description: str, sha256: str, rank: int | None,
+                      in_bench: bool = True) -> None:
+    config = SerpentConfig(name=name, patch_size=patch_size)
+    register_model(name, _serpent(config), family="serpent", description=description, config=config,
+                   trainable=True, weights_sha256=sha256, default_rank=rank, in_bench=in_bench)
+
+
+# sha256 of each shipped weights file: `python -m serpent_cli.hub.registry` prints the values after training.
+# Default order: serpent-l first, since in the paper it is within 0.1 dB of serpent-h at a quarter of its cost
+# and clearly better than serpent-b; on a CPU it is still practical for photos.
+_register_serpent("serpent-b", 4, "Serpent, patch 4",
+                  "8c680f3ceb74806ef8beeb74257f6f457e571dc17a93e23bd8c9bda575f30bd7", rank=1)
+_register_serpent("serpent-l", 2, "Serpent, patch 2",
+                  "cc49436de7aaa7109e42ac3f3f98e9a734b9ecac6f5d278f952b8066a5fa2c6f", rank=0)
+_register_serpent("serpent-h", 1, "Serpent, patch 1",
+                  "0cd722c6579ee83ead40a54a5d97b1870fdad522da106e4a1a2ff60bf6c061f1", rank=2)
+# serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
+_register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
+                  "18a145d9d992105e8133dcf69376adf6cc2c15c8058849eb0e9a0f7a31b21e5c", rank=None, in_bench=False)
+for _width in (32, 64, 128):
+    register_model(f"unet-{_width}", _unet(_width), family="unet", description=f"U-Net, {_width} channels",
+                   trainable=True)
+register_model("swinir-b", _spandrel("swinir-b"), family="spandrel", needs_spandrel=True,
+               description="SwinIR, embed 96, depths 6x6, heads 6, window 8, mlp 2")
+register_model("swinir-l", _spandrel("swinir-l"), family="spandrel", needs_spandrel=True,
+               description="SwinIR, embed 180, depths 6x6, heads 6, window 8, mlp 2")
+register_model("nafnet-32", _spandrel("nafnet-32"), family="spandrel", needs_spandrel=True,
+               description="NAFNet, width 32, GoPro layout")
+
+VARIANTS: dict[str, SerpentConfig] = variants()
+"""The built-in Serpent variants by name (``serpent_cli.VARIANTS``); :func:`variants` also sees later registrations."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from serpent_cli.errors import SerpentError
+from serpent_cli.errors import SerpentError, UsageError
 from serpent_cli.models.peers import BENCH_EXTRA, spandrel_available
 from serpent_cli.models.registry import build_model as build_registered
 from serpent_cli.models.registry import registered
@@ -41,6 +41,21 @@ def default_models() -> list[str]:
     """Every known model whose dependencies import here."""
     have_spandrel = spandrel_available()
     return [name for name, spec in MODELS.items() if have_spandrel or not spec.needs_spandrel]
+
+
+def choose_models(requested: list[str]) -> tuple[list[str], bool]:
+    """The models to measure, and whether the default line-up had to leave spandrel's peers out.
+
+    Models asked for are kept as given (unknown names are :func:`~serpent_cli.bench.runner.validate_options`'s
+    to refuse); asking for one that needs spandrel when it does not import is a usage error.
+    """
+    if requested:
+        missing = [m for m in requested if m in MODELS and MODELS[m].needs_spandrel]
+        if missing and not spandrel_available():
+            raise UsageError(f"{', '.join(missing)} need the spandrel package: {BENCH_EXTRA}")
+        return requested, False
+    chosen = default_models()
+    return chosen, len(chosen) < len(MODELS)
 
 
 def _meta_attention_masks(model: nn.Module) -> None:
@@ -87,4 +102,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["BENCH_EXTRA", "MODELS", "ModelSpec", "build_model", "count_params", "default_models", "spandrel_available"]
+__all__ = [
+    "BENCH_EXTRA", "MODELS", "ModelSpec", "build_model", "choose_models", "count_params", "default_models",
+    "spandrel_available",
+]

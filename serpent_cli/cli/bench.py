@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +25,9 @@ from serpent_cli.cli.common import (
 )
 from serpent_cli.errors import UsageError
 from serpent_cli.io.tile_options import DEFAULT_OVERLAP
+
+if TYPE_CHECKING:
+    from serpent_cli.bench.runner import BenchOptions
 
 DEFAULT_RESOLUTIONS = [256, 512]
 
@@ -65,6 +69,33 @@ def _check_writable(path: Path, option: str) -> None:
         raise UsageError(f"{option} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"{option} {path}: folder {parent} is not writable")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The command line of `serpent bench` as Typer parsed it: one object, so the command stays its signature."""
+
+    extra: list[str] | None
+    resolution: list[str] | None
+    models: list[str] | None
+    device: str
+    precision: str
+    train: bool
+    reference: str | None
+    as_json: bool
+    output: Path | None
+    plot: Path | None
+    flops_only: bool
+    tiles: bool
+    tile_sizes: list[str] | None
+    tile_overlap: int
+    warmup: int | None
+    repeats: int | None
+    budget: float
+    timeout: float
+    load: Path | None
+    memory_limit: int | None
+    threads: int
 
 
 def bench_command(
@@ -122,93 +153,108 @@ def bench_command(
     threads: ThreadsOption = 0,
 ) -> None:
     """Serpent against its peers: params, GFLOPs, latency, peak memory, throughput, ratios."""
-    if load is not None:
-        _show_saved(load, plot, as_json)
+    _run(_Request(extra=extra, resolution=resolution, models=models, device=device, precision=precision, train=train,
+                  reference=reference, as_json=as_json, output=output, plot=plot, flops_only=flops_only, tiles=tiles,
+                  tile_sizes=tile_sizes, tile_overlap=tile_overlap, warmup=warmup, repeats=repeats, budget=budget,
+                  timeout=timeout, load=load, memory_limit=memory_limit, threads=threads))
+
+
+def _run(req: _Request) -> None:
+    """Show a saved run (--load), or check the options, measure, write the files and show the result."""
+    if req.load is not None:
+        _show_saved(req.load, req.plot, req.as_json)
         return
-    from serpent_cli.bench.peers import BENCH_EXTRA, MODELS, default_models, spandrel_available
+    options = _bench_options(req)
+    from serpent_cli.bench.runner import run_bench
 
-    res_tokens, model_tokens = _split(resolution), _split(models)
-    _sort_extra(list(extra or []), res_tokens, model_tokens)
-    resolutions = _ints(res_tokens, "--resolution") or ([1024] if tiles else list(DEFAULT_RESOLUTIONS))
-    tile_list = _ints(_split(tile_sizes), "--tile-sizes") if tiles else None  # [] = default sizes
-    if tile_sizes and not tiles:
-        raise UsageError("--tile-sizes only applies with --tiles")
-    for option, path in (("--output", output), ("--plot", plot)):
-        if path is not None:
-            _check_writable(path, option)
-    device = check_compute_options(device, threads)
-    if plot is not None:
-        from serpent_cli.bench.plotting import require_matplotlib
-
-        require_matplotlib()
-    if model_tokens:
-        missing = [m for m in model_tokens if m in MODELS and MODELS[m].needs_spandrel]
-        if missing and not spandrel_available():
-            raise UsageError(f"{', '.join(missing)} need the spandrel package: {BENCH_EXTRA}")
-        chosen = model_tokens
-    else:
-        chosen = default_models()
-        if len(chosen) < len(MODELS):
-            warn(f"SwinIR and NAFNet peers left out (spandrel is not installed); to compare them: {BENCH_EXTRA}")
-
-    from serpent_cli.bench import runner as bm
-    from serpent_cli.device import resolve_device
-
-    use_threads(threads)
-    options = bm.validate_options(
-        bm.BenchOptions(
-            models=chosen,
-            resolutions=resolutions,
-            device=resolve_device(device),
-            precision=precision.strip().lower(),
-            train=train,
-            reference=reference,
-            flops_only=flops_only,
-            warmup=warmup,
-            repeats=repeats,
-            timeout=timeout,
-            tiles=tile_list,
-            overlap=tile_overlap,
-            memory_limit_mib=memory_limit,
-            budget_s=budget,
-        )
-    )
-    result = bm.run_bench(
+    output = req.output
+    result = run_bench(
         options, progress=info, on_update=(lambda partial: write_json_atomic(output, partial)) if output else None
     )
     if output is not None:
         write_json_atomic(output, result)
         info(f"wrote {output}")
-    if plot is not None:
-        from serpent_cli.bench.plotting import plot_results
+    if req.plot is not None:
+        _write_plot(result, req.plot)
+    _show(result, req.as_json, tiles=options.tiles is not None)
 
-        plot_results(result, plot)
-        info(f"wrote {plot}")
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    _print_table(tiles_table(result) if options.tiles is not None else results_table(result))
+
+def _bench_options(req: _Request) -> BenchOptions:
+    """The validated options to measure with; every check runs before minutes of measuring (exit 2)."""
+    res_tokens, model_tokens = _split(req.resolution), _split(req.models)
+    _sort_extra(list(req.extra or []), res_tokens, model_tokens)
+    resolutions = _ints(res_tokens, "--resolution") or ([1024] if req.tiles else list(DEFAULT_RESOLUTIONS))
+    tile_list = _ints(_split(req.tile_sizes), "--tile-sizes") if req.tiles else None  # [] = default sizes
+    if req.tile_sizes and not req.tiles:
+        raise UsageError("--tile-sizes only applies with --tiles")
+    device = _check_before_measuring(req)
+    from serpent_cli.bench.peers import BENCH_EXTRA, choose_models
+
+    chosen, left_out = choose_models(model_tokens)
+    if left_out:
+        warn(f"SwinIR and NAFNet peers left out (spandrel is not installed); to compare them: {BENCH_EXTRA}")
+    from serpent_cli.bench import runner as bm
+    from serpent_cli.device import resolve_device
+
+    use_threads(req.threads)
+    return bm.validate_options(
+        bm.BenchOptions(
+            models=chosen,
+            resolutions=resolutions,
+            device=resolve_device(device),
+            precision=req.precision.strip().lower(),
+            train=req.train,
+            reference=req.reference,
+            flops_only=req.flops_only,
+            warmup=req.warmup,
+            repeats=req.repeats,
+            timeout=req.timeout,
+            tiles=tile_list,
+            overlap=req.tile_overlap,
+            memory_limit_mib=req.memory_limit,
+            budget_s=req.budget,
+        )
+    )
+
+
+def _check_before_measuring(req: _Request) -> str:
+    """Output paths writable, --device / --threads sane, matplotlib there for --plot; returns the device."""
+    for option, path in (("--output", req.output), ("--plot", req.plot)):
+        if path is not None:
+            _check_writable(path, option)
+    device = check_compute_options(req.device, req.threads)
+    if req.plot is not None:
+        from serpent_cli.bench.plotting import require_matplotlib
+
+        require_matplotlib()
+    return device
 
 
 def _show_saved(path: Path, plot: Path | None, as_json: bool) -> None:
     """--load: re-render a saved run (e.g. a GPU run's JSON) as a table, JSON or plot."""
-    try:
-        result = json.loads(path.read_text())
-        _ = (result["rows"], result["settings"]["reference"], result["environment"]["device"])
-    except OSError as exc:
-        raise UsageError(f"--load {path}: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"--load {path}: not a JSON file written by 'serpent bench --output'") from None
+    from serpent_cli.bench.results import load_results
+
+    result = load_results(path)
     if plot is not None:
         _check_writable(plot, "--plot")
-        from serpent_cli.bench.plotting import plot_results
+        _write_plot(result, plot)
+    _show(result, as_json, tiles="tiles" in result)
 
-        plot_results(result, plot)
-        info(f"wrote {plot}")
+
+def _write_plot(result: dict[str, Any], plot: Path) -> None:
+    """--plot: the PNG, and a line saying where it went."""
+    from serpent_cli.bench.plotting import plot_results
+
+    plot_results(result, plot)
+    info(f"wrote {plot}")
+
+
+def _show(result: dict[str, Any], as_json: bool, *, tiles: bool) -> None:
+    """The result on stdout: JSON with --json, else the results table or (--tiles) the tile-size table."""
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    _print_table(tiles_table(result) if "tiles" in result else results_table(result))
+    _print_table(tiles_table(result) if tiles else results_table(result))
 
 
 def _print_table(table: Table) -> None:

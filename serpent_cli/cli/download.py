@@ -9,20 +9,15 @@ import typer
 
 from serpent_cli.cli.common import error_line, info, verbosity, warn
 from serpent_cli.errors import EXIT_SOME_FAILED, SerpentError, UsageError
-from serpent_cli.hub.registry import HUB_FILENAME, get_entry, load_registry
+from serpent_cli.hub.fetch import DownloadJob, registered_jobs
+from serpent_cli.hub.registry import HUB_FILENAME
 
 if TYPE_CHECKING:
     from serpent_cli.hub.client import DownloadResult
 
 
-def _check_weights(result: DownloadResult) -> str:
-    """A downloaded file must be a serpent weights file; returns the variant it describes."""
-    from serpent_cli.hub.weights import read_config
-
-    return read_config(result.path).name
-
-
 def _report(label: str, result: DownloadResult) -> None:
+    """The stderr line for a file that arrived: from where, its size, and whether it matched a pin."""
     from serpent_cli.hub.client import endpoint
 
     what = f"{result.repo_id}/{result.filename}@{result.revision}"
@@ -47,91 +42,72 @@ def download_command(
 
     HF_HOME, HF_HUB_CACHE, HF_ENDPOINT and HF_HUB_OFFLINE are honoured. Prints each file's path.
     """
-    names = list(names or [])
+    jobs = _jobs(list(names or []), all_models, repo_id)
+    from huggingface_hub.utils import logging as hf_logging
+
+    if not verbosity.verbose:
+        hf_logging.set_verbosity_error()  # our own messages say what happened; no retry chatter
+    done = [_download_one(job, revision, filename, force, json_out) for job in jobs]
+    if not all(done):
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _jobs(names: list[str], all_models: bool, repo_id: str | None) -> list[DownloadJob]:
+    """What to fetch: one file of your own repo, every published model, or the named ones (usage errors first)."""
     if repo_id is not None and (names or all_models):
         raise UsageError("--repo-id downloads one file of your own repo; leave out model names and --all")
     if all_models and names:
         raise UsageError("give model names or --all, not both")
     if not names and not all_models and repo_id is None:
         raise UsageError("name a model (see 'serpent models'), or pass --all or --repo-id OWNER/NAME")
-
-    jobs: list[tuple[str, Any]] = []
     if repo_id is not None:
-        jobs.append((repo_id, None))
-    else:
-        if all_models:
-            registry = load_registry().values()
-            entries = [e for e in registry if e.published]
-            skipped = [e.name for e in registry if not e.published]
-            if skipped and entries:
-                info(f"skipping models not published on the Hub: {', '.join(skipped)}")
-            if not entries:
-                raise SerpentError(
-                    "no registered model is published on the Hub yet; trained weights ship bundled in weights/ "
-                    "('serpent models' shows where each one is)"
-                )
-        else:
-            entries = [get_entry(name) for name in names]  # unknown names: usage error before any transfer
-        jobs = [(entry.name, entry) for entry in entries]
+        return [DownloadJob(repo_id)]
+    jobs, skipped = registered_jobs(names, all_models)
+    if skipped:
+        info(f"skipping models not published on the Hub: {', '.join(skipped)}")
+    return jobs
 
-    from huggingface_hub.utils import logging as hf_logging
 
+def _download_one(job: DownloadJob, revision: str | None, filename: str | None, force: bool, json_out: bool) -> bool:
+    """Fetch one file and print its path (or its JSON line); a failure is one error line and False."""
     from serpent_cli.cli.progress import RichDownloadBar
-    from serpent_cli.hub.client import download, download_registered
+    from serpent_cli.hub.fetch import fetch_weights
 
-    if not verbosity.verbose:
-        hf_logging.set_verbosity_error()  # our own messages say what happened; no retry chatter
-    failed = 0
-    for label, entry in jobs:
-        try:
-            if entry is None:
-                result = download(
-                    label,
-                    filename or HUB_FILENAME,
-                    revision or "main",
-                    force=force,
-                    tqdm_class=RichDownloadBar.for_label(label),
-                    on_warning=warn,
-                )
-            else:
-                result = download_registered(
-                    entry,
-                    revision=revision,
-                    filename=filename,
-                    force=force,
-                    tqdm_class=RichDownloadBar.for_label(entry.name),
-                    on_warning=warn,
-                )
-            variant = _check_weights(result)
-        except UsageError:
-            raise  # a malformed request is exit 2, whatever else was asked
-        except SerpentError as exc:
-            failed += 1
-            message = str(exc)
-            error_line(message if message.startswith(label) else f"{label}: {message}")
-            if json_out:
-                typer.echo(json.dumps({"name": label, "status": "error", "error": str(exc)}))
-            continue
-        _report(label, result)
+    label = job.label
+    try:
+        result, variant = fetch_weights(
+            job,
+            revision=revision,
+            filename=filename,
+            force=force,
+            tqdm_class=RichDownloadBar.for_label(label),
+            on_warning=warn,
+        )
+    except UsageError:
+        raise  # a malformed request is exit 2, whatever else was asked
+    except SerpentError as exc:
+        message = str(exc)
+        error_line(message if message.startswith(label) else f"{label}: {message}")
         if json_out:
-            typer.echo(
-                json.dumps(
-                    {
-                        "name": label,
-                        "status": "ok",
-                        "variant": variant,
-                        "repo_id": result.repo_id,
-                        "filename": result.filename,
-                        "revision": result.revision,
-                        "path": str(result.path),
-                        "sha256": result.sha256,
-                        "verified": result.verified,
-                        "from_cache": result.from_cache,
-                        "size": result.size,
-                    }
-                )
-            )
-        else:
-            typer.echo(str(result.path))
-    if failed:
-        raise typer.Exit(EXIT_SOME_FAILED)
+            typer.echo(json.dumps({"name": label, "status": "error", "error": str(exc)}))
+        return False
+    _report(label, result)
+    typer.echo(json.dumps(_json_record(label, variant, result)) if json_out else str(result.path))
+    return True
+
+
+def _json_record(label: str, variant: str, result: DownloadResult) -> dict[str, Any]:
+    """The --json line of a file that arrived (or was already cached) and checked out."""
+    return {
+        "name": label,
+        "status": "ok",
+        "variant": variant,
+        "repo_id": result.repo_id,
+        "filename": result.filename,
+        "revision": result.revision,
+        "path": str(result.path),
+        "sha256": result.sha256,
+        "verified": result.verified,
+        "from_cache": result.from_cache,
+        "size": result.size,
+    }

@@ -173,79 +173,120 @@ def download(
 
     ``hub_endpoint`` and ``cache`` override ``HF_ENDPOINT`` and ``HF_HUB_CACHE`` for this call.
     """
+    _validate(repo_id, filename, revision)
+    hub_url = endpoint(hub_endpoint)
+    cache = cache_dir(cache)
+    if is_offline():
+        path, from_cache = _offline_copy(repo_id, filename, revision, cache, force), True
+    elif (
+        not force
+        and _COMMIT_RE.match(revision)
+        and (cached := cached_file(repo_id, filename, revision, cache=cache)) is not None
+    ):
+        path, from_cache = cached, True  # a commit never changes: a cached copy needs no network at all
+    else:
+        path, from_cache = _fetch(
+            repo_id, filename, revision, cache, hub_url, force=force, tqdm_class=tqdm_class, warn=on_warning
+        )
+    return _verified(repo_id, filename, revision, path, cache, from_cache=from_cache, expected_sha256=expected_sha256)
+
+
+def _offline_copy(repo_id: str, filename: str, revision: str, cache: Path, force: bool) -> Path:
+    """HF_HUB_OFFLINE: the cached copy, or one HubError saying how to get it (--force cannot work offline)."""
+    if force:
+        raise HubError("--force needs the network, but HF_HUB_OFFLINE is set; unset it or drop --force")
+    path = cached_file(repo_id, filename, revision, cache=cache)
+    if path is None:
+        raise HubError(
+            f"offline (HF_HUB_OFFLINE is set) and {_where(repo_id, filename, revision)} is not in the cache at "
+            f"{cache}; download it once with the network on, or unset HF_HUB_OFFLINE"
+        )
+    return path
+
+
+def _fetch(
+    repo_id: str,
+    filename: str,
+    revision: str,
+    cache: Path,
+    hub_url: str,
+    *,
+    force: bool,
+    tqdm_class: type | None,
+    warn: Callable[[str], Any] | None,
+) -> tuple[Path, bool]:
+    """Ask the Hub once first: unreachable means the cached copy (with a warning) or an error now, not retries.
+
+    Returns the file and whether it was already cached.
+    """
+    commit, unreachable = _probe(repo_id, filename, revision, hub_url)
+    if unreachable is not None:
+        where = _where(repo_id, filename, revision)
+        path = None if force else cached_file(repo_id, filename, revision, cache=cache)
+        if path is None:
+            raise HubError(f"{unreachable}; {where} is not cached either. Check the network or HF_ENDPOINT and retry")
+        if warn is not None:
+            warn(f"{unreachable}; using the cached copy of {where}")
+        return path, True
+    from_cache = not force and cached_file(repo_id, filename, commit or revision, cache=cache) is not None
+    return _transfer(repo_id, filename, revision, cache, hub_url, force=force, tqdm_class=tqdm_class), from_cache
+
+
+def _transfer(
+    repo_id: str, filename: str, revision: str, cache: Path, hub_url: str, *, force: bool, tqdm_class: type | None
+) -> Path:
+    """huggingface_hub's download into its cache; every way it can fail becomes one HubError line."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     where = _where(repo_id, filename, revision)
-    _validate(repo_id, filename, revision)
-    warn = on_warning or (lambda _msg: None)
-    hub_url = endpoint(hub_endpoint)
-    cache = cache_dir(cache)
-    path: Path | None = None
-    from_cache = False
-
-    if is_offline():
-        if force:
-            raise HubError("--force needs the network, but HF_HUB_OFFLINE is set; unset it or drop --force")
-        path = cached_file(repo_id, filename, revision, cache=cache)
-        if path is None:
-            raise HubError(
-                f"offline (HF_HUB_OFFLINE is set) and {where} is not in the cache at {cache}; "
-                f"download it once with the network on, or unset HF_HUB_OFFLINE"
+    options: dict[str, Any] = {"tqdm_class": tqdm_class}
+    # tqdm_class is recent in huggingface_hub; older clients simply draw their own bar
+    accepted = inspect.signature(hf_hub_download).parameters
+    options = {k: v for k, v in options.items() if k in accepted and v is not None}
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                force_download=force,
+                cache_dir=str(cache),
+                endpoint=hub_url,
+                library_name="serpent-cli",
+                library_version=__version__,
+                **options,
             )
-        from_cache = True
-    elif (
-        not force
-        and _COMMIT_RE.match(revision)
-        and (path := cached_file(repo_id, filename, revision, cache=cache)) is not None
-    ):
-        from_cache = True  # a commit never changes: a cached copy needs no network at all
-    else:
-        commit, unreachable = _probe(repo_id, filename, revision, hub_url)
-        if unreachable is not None:
-            path = None if force else cached_file(repo_id, filename, revision, cache=cache)
-            if path is None:
-                raise HubError(
-                    f"{unreachable}; {where} is not cached either. Check the network or HF_ENDPOINT and retry"
-                )
-            warn(f"{unreachable}; using the cached copy of {where}")
-            from_cache = True
-        else:
-            from_cache = not force and cached_file(repo_id, filename, commit or revision, cache=cache) is not None
-            options: dict[str, Any] = {"tqdm_class": tqdm_class}
-            # tqdm_class is recent in huggingface_hub; older clients simply draw their own bar
-            accepted = inspect.signature(hf_hub_download).parameters
-            options = {k: v for k, v in options.items() if k in accepted and v is not None}
-            try:
-                path = Path(
-                    hf_hub_download(
-                        repo_id,
-                        filename,
-                        revision=revision,
-                        force_download=force,
-                        cache_dir=str(cache),
-                        endpoint=hub_url,
-                        library_name="serpent-cli",
-                        library_version=__version__,
-                        **options,
-                    )
-                )
-            except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-                raise HubError(f"could not download {where} from {hub_url} and it is not cached ({exc})") from None
-            except HfHubHTTPError as exc:
-                status = getattr(getattr(exc, "response", None), "status_code", "?")
-                raise HubError(f"download of {where} failed: HTTP {status} from {hub_url}; retry later") from None
-            except OSError as exc:  # disk full, permissions, size check of a cut transfer...
-                raise HubError(f"download of {where} failed: {exc}") from None
-            except Exception as exc:  # network dropped mid-transfer
-                raise HubError(f"download of {where} failed: {str(exc).strip() or type(exc).__name__}") from None
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise HubError(f"could not download {where} from {hub_url} and it is not cached ({exc})") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", "?")
+        raise HubError(f"download of {where} failed: HTTP {status} from {hub_url}; retry later") from None
+    except OSError as exc:  # disk full, permissions, size check of a cut transfer...
+        raise HubError(f"download of {where} failed: {exc}") from None
+    except Exception as exc:  # network dropped mid-transfer
+        raise HubError(f"download of {where} failed: {str(exc).strip() or type(exc).__name__}") from None
 
+
+def _verified(
+    repo_id: str,
+    filename: str,
+    revision: str,
+    path: Path,
+    cache: Path,
+    *,
+    from_cache: bool,
+    expected_sha256: str | None,
+) -> DownloadResult:
+    """Hash the file; one that differs from its pin is removed from the cache (so a retry fetches it afresh)."""
     digest = sha256_file(path)
     if expected_sha256 is not None and digest != expected_sha256.lower():
         _remove_from_cache(path, cache)
         raise HubError(
-            f"sha256 mismatch for {where}: expected {expected_sha256}, got {digest}; the file was removed from "
-            f"the cache. The file on the Hub is not the registered one (or was corrupted): retry, or report it"
+            f"sha256 mismatch for {_where(repo_id, filename, revision)}: expected {expected_sha256}, got {digest}; "
+            f"the file was removed from the cache. The file on the Hub is not the registered one (or was corrupted): "
+            f"retry, or report it"
         )
     return DownloadResult(
         repo_id=repo_id,

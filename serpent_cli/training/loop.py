@@ -39,6 +39,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from torch import nn
 
 from serpent_cli import distributed as dist_util
 from serpent_cli.atomic import write_atomic, write_json_atomic
+from serpent_cli.degradation.benchmark import RegionDegradation
 from serpent_cli.degradation.family import degradation_by_name
 from serpent_cli.device import resolve_device, resolve_precision
 from serpent_cli.errors import ReportedByAnotherRank, SerpentError, UsageError, first_line
@@ -56,7 +58,7 @@ from serpent_cli.evaluation.evaluate import BASELINE_NAME, EvalImage, evaluate, 
 from serpent_cli.evaluation.metrics import psnr
 from serpent_cli.factory import create_model
 from serpent_cli.hub.weights import save_model
-from serpent_cli.io.folders import scan_image_folder, scan_image_folders
+from serpent_cli.io.folders import ImageFolderScan, scan_image_folder, scan_image_folders
 from serpent_cli.models.registry import list_models, trainable_models
 from serpent_cli.training.data import RandomCropDataset, SampleRange
 
@@ -67,6 +69,7 @@ MIN_LR_RATIO = 0.01  # the cosine ends at this fraction of the peak learning rat
 LOG_FIELDS = ("step", "epoch", "loss", "train_psnr", "lr", "grad_norm", "it_s", "val_psnr", "val_ssim",
               "val_psnr_degraded", "val_ssim_degraded", "elapsed_s")
 _STATE_RE = re.compile(r"state-(\d+)\.pt$")
+Say = Callable[[str], Any]  # a warning sink (the CLI's, or a no-op on ranks other than 0)
 
 
 def paper_lr(crop: int) -> float:
@@ -473,17 +476,40 @@ def train(opts: TrainOptions, reporter: Reporter | None = None, warn: Any = None
         dist_util.shutdown()
 
 
-def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_util.DistContext,
-           reporter: Reporter, warn: Any) -> TrainResult:
+@dataclass(frozen=True)
+class _Plan:
+    """The run's length and learning rate, fixed once from the options, the image count and the ranks."""
+
+    total: int
+    steps_per_epoch: int
+    lr: float
+    warmup: int
+
+    @classmethod
+    def of(cls, opts: TrainOptions, n_images: int, world_size: int) -> _Plan:
+        """Steps from --steps or --epochs (an epoch: every image once, all ranks together), then lr and warm-up."""
+        per_step = opts.batch_size * world_size
+        steps_per_epoch = max(1, math.ceil(n_images / per_step))
+        total = opts.steps if opts.steps is not None else max(1, math.ceil(opts.epochs * n_images / per_step))
+        lr = opts.lr if opts.lr is not None else paper_lr(opts.crop)
+        warmup = opts.warmup if opts.warmup is not None else default_warmup(total)
+        return cls(total, steps_per_epoch, lr, warmup)
+
+
+def _device_and_precision(opts: TrainOptions, device: torch.device,
+                          ctx: dist_util.DistContext) -> tuple[torch.device, torch.dtype | None]:
+    """This rank's device and autocast dtype (None: plain fp32); fp16 is refused, training has no loss scaling."""
     if ctx.is_distributed and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     precision = resolve_precision(opts.precision, device)
     if precision == torch.float16:
         raise UsageError("--precision fp16 is not supported for training (no loss scaling); use bf16 or fp32")
-    autocast_dtype = precision if precision != torch.float32 else None
-    main = ctx.is_main
-    say = warn if main else (lambda _m: None)
+    return device, (precision if precision != torch.float32 else None)
 
+
+def _load_data(opts: TrainOptions, main: bool,
+               say: Say) -> tuple[ImageFolderScan, RegionDegradation, list[EvalImage]]:
+    """The training images (warning about skipped and small ones) and, on rank 0, the fixed validation set."""
     scan = scan_image_folders(opts.data_folders)
     degradation = degradation_by_name(opts.degradation)
     if scan.skipped and main:
@@ -498,109 +524,171 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
                                      degradation=degradation)
     elif opts.val:
         scan_image_folder(Path(opts.val))  # fail on every rank alike, not only on rank 0
+    return scan, degradation, val_items
 
-    # Resume or refuse to clobber an existing run.
+
+def _resume_state(opts: TrainOptions, run_dir: Path, say: Say) -> dict[str, Any] | None:
+    """The state ``--resume`` continues from (None: a fresh run); an existing run is never overwritten."""
     existing = state_files(run_dir)
-    state: dict[str, Any] | None = None
     if existing and not opts.resume:
         raise UsageError(f"{run_dir} already holds a training run (step {existing[0][0]}); "
                          f"pass --resume to continue it or choose another --out")
-    if opts.resume:
-        state = latest_state(run_dir, say)
-        if state is None and existing:
-            raise SerpentError(f"no readable training state in {run_dir / 'checkpoints'}; cannot resume")
-        if state is not None and state["model_name"] != opts.model:
-            raise UsageError(f"{run_dir} trains {state['model_name']}, not {opts.model}; "
-                             f"pass --model {state['model_name']} to resume it")
-    start_step = int(state["step"]) if state else 0
+    if not opts.resume:
+        return None
+    state = latest_state(run_dir, say)
+    if state is None and existing:
+        raise SerpentError(f"no readable training state in {run_dir / 'checkpoints'}; cannot resume")
+    if state is not None and state["model_name"] != opts.model:
+        raise UsageError(f"{run_dir} trains {state['model_name']}, not {opts.model}; "
+                         f"pass --model {state['model_name']} to resume it")
+    return state
 
-    per_step = opts.batch_size * ctx.world_size
-    steps_per_epoch = max(1, math.ceil(len(scan.images) / per_step))
-    total = opts.steps if opts.steps is not None else max(1, math.ceil(opts.epochs * len(scan.images) / per_step))
-    lr = opts.lr if opts.lr is not None else paper_lr(opts.crop)
-    warmup = opts.warmup if opts.warmup is not None else default_warmup(total)
 
+def _build_model(opts: TrainOptions, state: dict[str, Any] | None, device: torch.device,
+                 ctx: dist_util.DistContext, lr: float,
+                 say: Say) -> tuple[nn.Module, nn.Module, EMA, torch.optim.Optimizer]:
+    """(model, net, EMA, Adam): seeded, from --init or the resumed state; ``net`` is DDP-wrapped under torchrun."""
     torch.manual_seed(opts.seed)
     model = create_model(opts.model)
     if opts.init and state is None:
         load_initial_weights(model, opts.init)
-        if main:
+        if ctx.is_main:
             say(f"starting from the weights of {opts.init}")
     model = model.to(device)
     ema = EMA(model, opts.ema)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.shadow = {k: v.float() for k, v in state["ema"].items()}
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            with contextlib.suppress(Exception):
-                torch.cuda.set_rng_state(state["rng_cuda"], device)
+        _restore(state, model, ema, optimizer, lr, device)
     ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
     net: nn.Module = model
     if ctx.is_distributed:
         # Depthwise-conv grads come back channels-last: harmless for DDP, but it warns every run.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, net, ema, optimizer
 
+
+def _restore(state: dict[str, Any], model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, lr: float,
+             device: torch.device) -> None:
+    """Weights, EMA, optimiser and RNG from a saved state, so a resumed run matches an uninterrupted one."""
+    model.load_state_dict(state["model"])
+    ema.shadow = {k: v.float() for k, v in state["ema"].items()}
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and state.get("rng_cuda") is not None:
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+
+
+def _make_loader(opts: TrainOptions, scan: ImageFolderScan, degradation: RegionDegradation, start_step: int,
+                 total: int, ctx: dist_util.DistContext, device: torch.device) -> torch.utils.data.DataLoader:
+    """This rank's batches for steps start_step..total (a sample depends on seed and index only, so resumes match)."""
     dataset = RandomCropDataset(scan.images, opts.crop, seed=opts.seed, degradation=degradation,
                                 cache_mb=opts.cache_mb, rotate=opts.rotate)
     sampler = SampleRange(start_step, total, opts.batch_size, ctx.rank, ctx.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler,
-                                         num_workers=opts.workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=False)
-    ema_model = create_model(opts.model).to(device).eval()
-    meta = {"trained_steps": "0", "train_data": scan.label, "crop": str(opts.crop),
-            "degradation": opts.degradation}
+    return torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler,
+                                       num_workers=opts.workers, pin_memory=device.type == "cuda",
+                                       persistent_workers=False)
+
+
+def _weights_metadata(opts: TrainOptions, train_data: str) -> dict[str, str]:
+    """What every saved weights file says about its training (the step is filled in at each save)."""
+    meta = {"trained_steps": "0", "train_data": train_data, "crop": str(opts.crop), "degradation": opts.degradation}
     if opts.init:
         meta["init"] = Path(opts.init).name
-    best = float(state.get("best_val_psnr", float("-inf"))) if state else float("-inf")
-    history: list[dict[str, float]] = []
+    return meta
 
-    log = tb = None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(run_dir)
-        write_json_atomic(run_dir / "run.json", asdict(opts) | {"world_size": ctx.world_size, "lr_used": lr,
-                                                                "warmup_used": warmup, "total_steps": total},
+
+def _val_line(step: int, stats: dict[str, Any]) -> str:
+    """The progress line a validation gets, the same at step 0 and later."""
+    return (f"step {step}: val PSNR {stats['val_psnr']:.2f} dB (degraded input "
+            f"{stats['val_psnr_degraded']:.2f} dB), SSIM {stats['val_ssim']:.4f}")
+
+
+@dataclass
+class _Run:
+    """One rank's run between set-up and finish: what the steps change and what saving and logging read."""
+
+    opts: TrainOptions
+    run_dir: Path
+    device: torch.device
+    ctx: dist_util.DistContext
+    reporter: Reporter
+    autocast_dtype: torch.dtype | None
+    plan: _Plan
+    model: nn.Module
+    net: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    ema_model: nn.Module
+    val_items: list[EvalImage]
+    meta: dict[str, str]
+    start_step: int
+    resumed: bool
+    best: float
+    prior_elapsed: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    log: CsvLog | None = None
+    tb: Any = None
+    step: int = 0
+    t0: float = 0.0
+    t_last: float = 0.0
+    n_last: int = 0
+    # Running sums stay on the device: read back only when a log row is written (no host sync per step).
+    loss_sum: torch.Tensor = field(init=False)
+    psnr_sum: torch.Tensor = field(init=False)
+    n_sum: int = 0
+    grad_norm: torch.Tensor = field(init=False)
+
+    def open_outputs(self) -> None:
+        """Rank 0: the run folder, run.json, log.csv (cut back to the resumed step) and TensorBoard if installed."""
+        if not self.ctx.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.run_dir)
+        write_json_atomic(self.run_dir / "run.json",
+                          asdict(self.opts) | {"world_size": self.ctx.world_size, "lr_used": self.plan.lr,
+                                               "warmup_used": self.plan.warmup, "total_steps": self.plan.total},
                           sort_keys=True)
-        log = CsvLog(run_dir / "log.csv", start_step if state else None)
-        tb = _tensorboard(run_dir)
-    note = (f"{opts.model}: {len(scan.images)} images, crop {opts.crop}, batch {opts.batch_size}x{ctx.world_size}, "
-            f"lr {lr:g} ({opts.lr_schedule}, warm-up {warmup}), {total} steps ({total / steps_per_epoch:.3g} epochs) "
-            f"on {device}"
-            + (", bf16 autocast" if autocast_dtype is not None else "")
-            + (f"; resuming at step {start_step}" if state else ""))
-    if main:
-        reporter.start(total, start_step, note)
+        self.log = CsvLog(self.run_dir / "log.csv", self.start_step if self.resumed else None)
+        self.tb = _tensorboard(self.run_dir)
 
-    def save(step: int) -> None:
+    def start_note(self, n_images: int) -> str:
+        """The line that opens the progress display: what trains on what, for how long, where."""
+        opts, plan = self.opts, self.plan
+        return (f"{opts.model}: {n_images} images, crop {opts.crop}, batch {opts.batch_size}x{self.ctx.world_size}, "
+                f"lr {plan.lr:g} ({opts.lr_schedule}, warm-up {plan.warmup}), {plan.total} steps "
+                f"({plan.total / plan.steps_per_epoch:.3g} epochs) on {self.device}"
+                + (", bf16 autocast" if self.autocast_dtype is not None else "")
+                + (f"; resuming at step {self.start_step}" if self.resumed else ""))
+
+    def save(self, step: int) -> None:
         """Checkpoint (rank 0 only): EMA weights as safetensors, then the resumable state, then model."""
-        ema.copy_to(ema_model)
-        ckpt = run_dir / "checkpoints"
-        m = meta | {"trained_steps": str(step)}
-        save_weights(ema_model, ckpt / f"step-{step:08d}.safetensors", m)
+        self.ema.copy_to(self.ema_model)
+        ckpt = self.run_dir / "checkpoints"
+        m = self.meta | {"trained_steps": str(step)}
+        save_weights(self.ema_model, ckpt / f"step-{step:08d}.safetensors", m)
         payload = {
-            "format": STATE_FORMAT, "version": STATE_VERSION, "step": step, "model_name": opts.model,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "ema": {k: v.detach().cpu() for k, v in ema.shadow.items()},
-            "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "best_val_psnr": best, "options": json.dumps(asdict(opts)),
-            "elapsed_s": prior_elapsed + time.perf_counter() - t0,
+            "format": STATE_FORMAT, "version": STATE_VERSION, "step": step, "model_name": self.opts.model,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": {k: v.detach().cpu() for k, v in self.ema.shadow.items()},
+            "optimizer": self.optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "best_val_psnr": self.best, "options": json.dumps(asdict(self.opts)),
+            "elapsed_s": self.prior_elapsed + time.perf_counter() - self.t0,
         }
         payload["digest"] = state_digest(payload)
         write_atomic(ckpt / f"state-{step:08d}.pt", lambda tmp: _torch_save(payload, tmp))
-        save_weights(ema_model, run_dir / "model.safetensors", m)
-        _prune(run_dir, opts.keep)
+        save_weights(self.ema_model, self.run_dir / "model.safetensors", m)
+        _prune(self.run_dir, self.opts.keep)
 
-    def save_or_explain(step: int) -> None:
-        """:func:`save`, or one line saying the write failed; the previous checkpoint stays loadable."""
+    def save_or_explain(self, step: int) -> None:
+        """:meth:`save`, or one line saying the write failed; the previous checkpoint stays loadable."""
+        run_dir = self.run_dir
         try:
-            save(step)
+            self.save(step)
         except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
             if not (run_dir / "checkpoints" / f"state-{step:08d}.pt").exists():
                 (run_dir / "checkpoints" / f"step-{step:08d}.safetensors").unlink(missing_ok=True)
@@ -610,106 +698,168 @@ def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_ut
             raise SerpentError(f"cannot write the checkpoint of step {step} in {run_dir} ({reason}); {kept}; "
                                f"free space and continue with --resume") from None
 
-    def run_validation(step: int) -> dict[str, float]:
-        nonlocal best
-        ema.copy_to(ema_model)
-        stats = validate(ema_model, val_items, device, autocast_dtype)
-        history.append({"step": float(step)} | stats)
-        if stats["val_psnr"] > best:
-            best = stats["val_psnr"]
-            save_weights(ema_model, run_dir / "best.safetensors", meta | {"trained_steps": str(step),
-                                                                          "val_psnr": f"{best:.4f}"})
+    def run_validation(self, step: int) -> dict[str, float]:
+        """Validate the EMA weights (rank 0); a new best PSNR is saved as best.safetensors."""
+        self.ema.copy_to(self.ema_model)
+        stats = validate(self.ema_model, self.val_items, self.device, self.autocast_dtype)
+        self.history.append({"step": float(step)} | stats)
+        if stats["val_psnr"] > self.best:
+            self.best = stats["val_psnr"]
+            save_weights(self.ema_model, self.run_dir / "best.safetensors",
+                         self.meta | {"trained_steps": str(step), "val_psnr": f"{self.best:.4f}"})
         return stats
 
-    net.train()
-    step = start_step
-    prior_elapsed = float(state.get("elapsed_s", 0.0)) if state else 0.0
-    t_last, n_last, t0 = time.perf_counter(), step, time.perf_counter()
-    # Running sums stay on the device: read back only when a log row is written (no host sync per step).
-    loss_sum, psnr_sum, n_sum = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    grad_norm = torch.zeros((), device=device)
-    if main and val_items and start_step == 0:
-        stats = run_validation(0)
-        log.write({"step": 0, "epoch": 0.0, **stats})  # type: ignore[union-attr]
-        reporter.message(f"step 0: val PSNR {stats['val_psnr']:.2f} dB (degraded input "
-                         f"{stats['val_psnr_degraded']:.2f} dB), SSIM {stats['val_ssim']:.4f}")
-    stop = _StopRequest(enabled=not ctx.is_distributed)
-    try:
-        for degraded, clean in loader:
-            degraded = degraded.to(device, non_blocking=True)
-            clean = clean.to(device, non_blocking=True)
-            try:
-                with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-                    out = net(degraded)
-                out = out.float()
-                loss = F.l1_loss(out, clean) if opts.loss == "l1" else F.mse_loss(out, clean)
-                problem = None if torch.isfinite(loss) else (
-                    f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr "
-                    f"or resume from the last checkpoint with --resume")
-            except RuntimeError as exc:  # e.g. out of memory on this rank only
-                problem = f"step {step + 1} failed: {first_line(exc, 200)}"
-            # Every rank stops at the same step when any one has a problem, so none waits for the others forever.
-            problem = dist_util.agree_on_problem(problem, ctx, device)
-            if problem is not None:
-                raise SerpentError(problem) if main else ReportedByAnotherRank(problem)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if opts.clip_grad > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
-            step_lr = learning_rate(step, total, lr, warmup, opts.lr_schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = step_lr
-            optimizer.step()
-            step += 1
-            ema.update(model, step)
-            with torch.no_grad():
-                psnr_sum += psnr(out.detach().clamp(0, 1), clean, on_device=True).mean()
-                loss_sum += loss.detach()
-            n_sum += 1
-            sync = step % opts.save_every == 0 or step == total or (bool(opts.val) and step % opts.val_every == 0)
-            if not main:
-                if sync:
-                    dist_util.barrier(ctx)
-                continue
-            now = time.perf_counter()
-            it_s = (step - n_last) / max(now - t_last, 1e-9)
-            row: dict[str, Any] = {}
-            if step % opts.log_every == 0 or step == total:
-                row = {"loss": float(loss_sum) / n_sum, "train_psnr": float(psnr_sum) / n_sum, "lr": step_lr,
-                       "it_s": it_s, "grad_norm": float(grad_norm)}
-                loss_sum.zero_(), psnr_sum.zero_()
-                n_sum = 0
-                t_last, n_last = now, step
-            if val_items and (step % opts.val_every == 0 or step == total):
-                row |= run_validation(step)
-                reporter.message(f"step {step}: val PSNR {row['val_psnr']:.2f} dB (degraded input "
-                                 f"{row['val_psnr_degraded']:.2f} dB), SSIM {row['val_ssim']:.4f}")
-            if row:
-                row |= {"step": step, "epoch": step / steps_per_epoch, "elapsed_s": prior_elapsed + now - t0}
-                log.write(row)  # type: ignore[union-attr]
-                if tb is not None:
-                    for k, v in row.items():
-                        if k not in ("step", "epoch") and isinstance(v, float):
-                            tb.add_scalar(k, v, step)
-            # The loss shown is the logged mean (every --log-every steps): reading it each step would sync.
-            reporter.step(step, {"it_s": it_s} | {k: v for k, v in row.items()
-                                                  if k in ("loss", "train_psnr", "val_psnr")})
-            if step % opts.save_every == 0 or step == total or stop.requested:
-                save_or_explain(step)
+    def run_steps(self, loader: torch.utils.data.DataLoader) -> None:
+        """Every step to the end; in a single process Ctrl-C / SIGTERM finishes the step and saves it first."""
+        self.net.train()
+        self.step = self.start_step
+        self.t_last, self.n_last, self.t0 = time.perf_counter(), self.step, time.perf_counter()
+        self.loss_sum, self.psnr_sum, self.n_sum = (torch.zeros((), device=self.device),
+                                                    torch.zeros((), device=self.device), 0)
+        self.grad_norm = torch.zeros((), device=self.device)
+        if self.ctx.is_main and self.val_items and self.start_step == 0:
+            stats = self.run_validation(0)
+            self.log.write({"step": 0, "epoch": 0.0, **stats})  # type: ignore[union-attr]
+            self.reporter.message(_val_line(0, stats))
+        stop = _StopRequest(enabled=not self.ctx.is_distributed)
+        try:
+            for degraded, clean in loader:
+                step_lr = self.train_step(degraded, clean)
+                self.after_step(step_lr, stop)
+        finally:
+            stop.restore()
+
+    def train_step(self, degraded: torch.Tensor, clean: torch.Tensor) -> float:
+        """One optimiser update (and EMA update) on this rank's batch; returns the learning rate it used."""
+        degraded = degraded.to(self.device, non_blocking=True)
+        clean = clean.to(self.device, non_blocking=True)
+        out, loss = self.checked_forward(degraded, clean)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.opts.clip_grad > 0:
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opts.clip_grad)
+        step_lr = learning_rate(self.step, self.plan.total, self.plan.lr, self.plan.warmup, self.opts.lr_schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = step_lr
+        self.optimizer.step()
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        with torch.no_grad():
+            self.psnr_sum += psnr(out.detach().clamp(0, 1), clean, on_device=True).mean()
+            self.loss_sum += loss.detach()
+        self.n_sum += 1
+        return step_lr
+
+    def checked_forward(self, degraded: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output and loss; the step's one host sync (isfinite) stops a bad step before the optimiser, on all ranks."""
+        step = self.step
+        try:
+            with (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                  else contextlib.nullcontext()):
+                out = self.net(degraded)
+            out = out.float()
+            loss = F.l1_loss(out, clean) if self.opts.loss == "l1" else F.mse_loss(out, clean)
+            problem = None if torch.isfinite(loss) else (
+                f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr "
+                f"or resume from the last checkpoint with --resume")
+        except RuntimeError as exc:  # e.g. out of memory on this rank only
+            problem = f"step {step + 1} failed: {first_line(exc, 200)}"
+        # Every rank stops at the same step when any one has a problem, so none waits for the others forever.
+        problem = dist_util.agree_on_problem(problem, self.ctx, self.device)
+        if problem is not None:
+            raise SerpentError(problem) if self.ctx.is_main else ReportedByAnotherRank(problem)
+        return out, loss
+
+    def after_step(self, step_lr: float, stop: _StopRequest) -> None:
+        """Rank 0 logs, reports and saves when due; every rank meets at a barrier after a save or validation."""
+        step, opts = self.step, self.opts
+        due_save = step % opts.save_every == 0 or step == self.plan.total
+        sync = due_save or (bool(opts.val) and step % opts.val_every == 0)
+        if not self.ctx.is_main:
             if sync:
-                dist_util.barrier(ctx)
-            if stop.requested:
-                stop.restore()
-                reporter.message(f"stopped at step {step}: state saved; continue with --resume")
-                raise KeyboardInterrupt
-    finally:
-        stop.restore()
-    if main and step == start_step and state is not None:
-        reporter.message(f"already at step {step} of {total}; nothing to do (raise --steps to train longer)")
-        if not (run_dir / "model.safetensors").is_file():
-            save_or_explain(step)
-    if log is not None:
-        log.close()
-    if tb is not None:
-        tb.close()
-    return TrainResult(run_dir, main, start_step, step, run_dir / "model.safetensors", history)
+                dist_util.barrier(self.ctx)
+            return
+        self.record(step_lr)
+        if due_save or stop.requested:
+            self.save_or_explain(step)
+        if sync:
+            dist_util.barrier(self.ctx)
+        if stop.requested:
+            stop.restore()
+            self.reporter.message(f"stopped at step {step}: state saved; continue with --resume")
+            raise KeyboardInterrupt
+
+    def record(self, step_lr: float) -> None:
+        """Rank 0: a log row when due (training means, validation), then the progress line."""
+        step, opts, total = self.step, self.opts, self.plan.total
+        now = time.perf_counter()
+        it_s = (step - self.n_last) / max(now - self.t_last, 1e-9)
+        row: dict[str, Any] = {}
+        if step % opts.log_every == 0 or step == total:
+            row = self.take_means(step_lr, it_s)
+            self.t_last, self.n_last = now, step
+        if self.val_items and (step % opts.val_every == 0 or step == total):
+            row |= self.run_validation(step)
+            self.reporter.message(_val_line(step, row))
+        if row:
+            row |= {"step": step, "epoch": step / self.plan.steps_per_epoch,
+                    "elapsed_s": self.prior_elapsed + now - self.t0}
+            self.write_row(row)
+        # The loss shown is the logged mean (every --log-every steps): reading it each step would sync.
+        self.reporter.step(step, {"it_s": it_s} | {k: v for k, v in row.items()
+                                                   if k in ("loss", "train_psnr", "val_psnr")})
+
+    def take_means(self, step_lr: float, it_s: float) -> dict[str, Any]:
+        """The training columns of a log row: the means since the last row, the only read-back of the sums."""
+        row = {"loss": float(self.loss_sum) / self.n_sum, "train_psnr": float(self.psnr_sum) / self.n_sum,
+               "lr": step_lr, "it_s": it_s, "grad_norm": float(self.grad_norm)}
+        self.loss_sum.zero_()
+        self.psnr_sum.zero_()
+        self.n_sum = 0
+        return row
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """One row into log.csv and, with TensorBoard installed, its numbers as scalars."""
+        self.log.write(row)  # type: ignore[union-attr]
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch") and isinstance(v, float):
+                    self.tb.add_scalar(k, v, self.step)
+
+    def finish(self) -> TrainResult:
+        """Close the log; a resumed run with nothing left to do still leaves a model.safetensors."""
+        if self.ctx.is_main and self.step == self.start_step and self.resumed:
+            self.reporter.message(f"already at step {self.step} of {self.plan.total}; "
+                                  f"nothing to do (raise --steps to train longer)")
+            if not (self.run_dir / "model.safetensors").is_file():
+                self.save_or_explain(self.step)
+        if self.log is not None:
+            self.log.close()
+        if self.tb is not None:
+            self.tb.close()
+        return TrainResult(self.run_dir, self.ctx.is_main, self.start_step, self.step,
+                           self.run_dir / "model.safetensors", self.history)
+
+
+def _train(opts: TrainOptions, run_dir: Path, device: torch.device, ctx: dist_util.DistContext,
+           reporter: Reporter, warn: Say) -> TrainResult:
+    """This rank's run inside the process group: set up, run the steps, finish (one named step each)."""
+    device, autocast_dtype = _device_and_precision(opts, device, ctx)
+    say: Say = warn if ctx.is_main else (lambda _m: None)
+    scan, degradation, val_items = _load_data(opts, ctx.is_main, say)
+    state = _resume_state(opts, run_dir, say)
+    start_step = int(state["step"]) if state else 0
+    plan = _Plan.of(opts, len(scan.images), ctx.world_size)
+    model, net, ema, optimizer = _build_model(opts, state, device, ctx, plan.lr, say)
+    loader = _make_loader(opts, scan, degradation, start_step, plan.total, ctx, device)
+    run = _Run(opts=opts, run_dir=run_dir, device=device, ctx=ctx, reporter=reporter, autocast_dtype=autocast_dtype,
+               plan=plan, model=model, net=net, ema=ema, optimizer=optimizer,
+               ema_model=create_model(opts.model).to(device).eval(), val_items=val_items,
+               meta=_weights_metadata(opts, scan.label), start_step=start_step, resumed=state is not None,
+               best=float(state.get("best_val_psnr", float("-inf"))) if state else float("-inf"),
+               prior_elapsed=float(state.get("elapsed_s", 0.0)) if state else 0.0)
+    run.open_outputs()
+    if ctx.is_main:
+        reporter.start(plan.total, start_step, run.start_note(len(scan.images)))
+    run.run_steps(loader)
+    return run.finish()

@@ -19,7 +19,7 @@ import time
 import torch
 
 from serpent_cli.models.registry import VARIANTS
-from serpent_cli.ops import selective_scan, ss2d_scan_orders, to_scan_orders
+from serpent_cli.ops import image_order_to_scan_orders, selective_scan, ss2d_scan_orders
 
 K = 4
 
@@ -59,14 +59,7 @@ def measure(side: int, e: int, n: int, repeats: int) -> dict[str, float]:
     B4, C4 = B.permute(0, 2, 3, 1).contiguous(), C.permute(0, 2, 3, 1).contiguous()
     A4, D4, bias4 = A.reshape(K * e, n), D.reshape(-1), bias.reshape(-1)
 
-    def orders(t: torch.Tensor) -> torch.Tensor:
-        image = t.view(1, side, side, *t.shape[2:])
-        if t.dim() == 3:
-            return to_scan_orders(image, image)
-        by_walk = image.unflatten(3, (2, 2))  # direction k = 2 j + q
-        return to_scan_orders(by_walk[..., 0, :], by_walk[..., 1, :])
-
-    uq, dq, Bq, Cq = orders(u), orders(delta), orders(B), orders(C)
+    uq, dq, Bq, Cq = (image_order_to_scan_orders(t, side, side) for t in (u, delta, B, C))
 
     def numba_fwd() -> None:
         with torch.no_grad():

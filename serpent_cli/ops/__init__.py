@@ -303,16 +303,22 @@ def ss2d_scan(
     ``merge_four_ways(scan(unroll_four_ways(...)))`` without materialising the unrolled copies.
     """
     b, length, e = u.shape
-
-    def orders(t: torch.Tensor) -> torch.Tensor:
-        image = t.reshape(b, height, width, *t.shape[2:])
-        if t.dim() == 3:
-            return to_scan_orders(image, image)
-        by_walk = image.unflatten(3, (2, 2))  # direction k = 2 j + q -> [..., j, q, :]
-        return to_scan_orders(by_walk[..., 0, :], by_walk[..., 1, :])
-
-    y = ss2d_scan_orders(orders(u), orders(delta), A, orders(B), orders(C), D, delta_bias)
+    orders = [image_order_to_scan_orders(t, height, width) for t in (u, delta, B, C)]
+    y = ss2d_scan_orders(orders[0], orders[1], A, orders[2], orders[3], D, delta_bias)
     return from_scan_orders(y, height, width).reshape(b, length, e)
+
+
+def image_order_to_scan_orders(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """An image-order tensor -> the layout of :func:`ss2d_scan_orders`.
+
+    (b, L, E) (the same for every direction, like u) -> (b, 2, L, E); (b, L, 4, X) (one per
+    direction k = 2 j + q, like delta, B, C) -> (b, 2, L, 2, X), direction k's values in order q.
+    """
+    image = t.reshape(t.shape[0], height, width, *t.shape[2:])
+    if t.dim() == 3:
+        return to_scan_orders(image, image)
+    by_walk = image.unflatten(3, (2, 2))  # direction k = 2 j + q -> [..., j, q, :]
+    return to_scan_orders(by_walk[..., 0, :], by_walk[..., 1, :])
 
 
 def _counting() -> bool:
@@ -352,6 +358,7 @@ __all__ = [
     "directional_backend",
     "from_scan_orders",
     "get_backend",
+    "image_order_to_scan_orders",
     "resolve_backend",
     "selective_scan",
     "ss2d_scan",

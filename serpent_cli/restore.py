@@ -26,6 +26,7 @@ from serpent_cli.io.imageio import Picture
 from serpent_cli.io.tile_options import DEFAULT_OVERLAP
 from serpent_cli.io.tiling import bytes_per_pixel_estimate, run_tiled
 from serpent_cli.models.registry import check_variant, default_order
+from serpent_cli.ops import directional_backend
 
 LUMA = (0.299, 0.587, 0.114)
 _PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -59,7 +60,7 @@ class Restorer:
         self.overlap = overlap
         # Autocast keeps fp32 weights and casts per op, so a reduced-precision run needs about the
         # activation memory of fp32 at worst; the estimate stays the fp32 one (safe side).
-        self.bytes_per_pixel = bytes_per_pixel_estimate(model)
+        self.bytes_per_pixel = bytes_per_pixel_estimate(model, in_place_scan=directional_backend(device))
 
     def _forward(self, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
         def run(x: torch.Tensor) -> torch.Tensor:

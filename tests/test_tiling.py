@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -122,3 +123,42 @@ def test_tiled_restoration_with_bundled_weights(data_dir, name: str, agreement_d
     assert float(psnr(tiled, whole)) > agreement_db
     assert abs(float(psnr(tiled, clean) - psnr(whole, clean))) < 0.15
     assert abs(float(psnr(shifted, clean) - psnr(whole, clean))) < 0.3
+
+
+_PEAK_SCRIPT = """
+import sys, torch
+from serpent_cli import create_model
+
+def high_water_mark():  # this process's own peak RSS (ru_maxrss would include the parent's at fork)
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+
+torch.set_num_threads(1)
+model = create_model(sys.argv[1]).eval()
+side = int(sys.argv[2])
+with torch.inference_mode():
+    model(torch.rand(1, 3, 64, 64))
+    base = high_water_mark()
+    model(torch.rand(1, 3, side, side))
+print((high_water_mark() - base) / side**2)
+"""
+
+
+def test_memory_estimate_of_the_cpu_path_holds_for_serpent_b() -> None:
+    """`--tile auto` sizes tiles from this estimate: measured peak RSS growth must stay under it, and not far."""
+    import subprocess
+    import sys
+
+    from serpent_cli import create_model
+    from serpent_cli.ops import directional_backend
+
+    if not directional_backend("cpu"):
+        pytest.skip("numba is not importable here: the CPU path is the unrolled torch scan")
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("peak memory is read from /proc (Linux)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, "serpent-b", "768"], capture_output=True, text=True,
+                          check=True, env=env)
+    measured = float(done.stdout.strip().splitlines()[-1])
+    estimate = tiling.bytes_per_pixel_estimate(create_model("serpent-b"), in_place_scan=True)
+    assert 0.4 * estimate < measured <= estimate, (measured, estimate)

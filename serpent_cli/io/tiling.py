@@ -23,6 +23,11 @@ Forward = Callable[[Tensor], Tensor]
 MIN_TILE = 64
 TILE_MULTIPLE = 32
 _MEMORY_HEADROOM = 0.6  # use at most this share of free memory for one tile's activations
+# On the CPU a tile larger than this runs slower per pixel even when memory allows it (the finest
+# scale's tensors fall out of cache): serpent-b, 2 threads, measured 1.65 s per megapixel for a
+# 2048x1536 image in one piece, 2.65 s/MP for 4000x3000 in one piece, 1.98 s/MP for the latter in
+# twelve 1024 px tiles (overlaps included).
+CPU_MAX_TILE = 2048
 # What one more tile costs beyond its pixels (per-call work that does not shrink with the tile),
 # in pixels: a 256x256 forward of serpent-b on the CPU takes about twice the per-pixel time of a
 # 1024x1024 one.
@@ -95,9 +100,11 @@ def free_memory_bytes(device: torch.device) -> int:
 def auto_tile_size(
     device: torch.device, bytes_per_pixel: float, *, multiple: int = TILE_MULTIPLE, minimum: int = MIN_TILE
 ) -> int:
-    """Largest square tile (a multiple of ``multiple``) whose activations fit in free memory."""
+    """Largest square tile (a multiple of ``multiple``) that fits free memory; on the CPU at most CPU_MAX_TILE."""
     budget = free_memory_bytes(device) * _MEMORY_HEADROOM
     side = int(math.sqrt(max(budget, 0) / max(bytes_per_pixel, 1.0)))
+    if device.type == "cpu":
+        side = min(side, CPU_MAX_TILE)
     return max(minimum, side // multiple * multiple)
 
 
@@ -122,18 +129,23 @@ def fit_tile(height: int, width: int, max_side: int, overlap: int, *, multiple: 
     return best
 
 
-def bytes_per_pixel_estimate(model: nn.Module) -> float:
+def bytes_per_pixel_estimate(model: nn.Module, *, in_place_scan: bool = False) -> float:
     """Peak inference activation bytes per input pixel (fp32), from the model's width and patch size.
 
-    Serpent's widest tensors live at the finest scale: tensors of 2·E = 4·D channels (four scan
-    directions, gates, norms) on (H/P)·(W/P) tokens.  Peak RSS growth measured on the CPU at 256x256
-    was 970 / 3391 / 9866 bytes per pixel for serpent-b / -l / -h; the formula gives 1056 / 3456 /
-    13056, erring on the safe side.  Other models get a generic figure.
+    Serpent's widest tensors live at the finest scale, on (H/P)·(W/P) tokens of D to 4·D channels.
+    With the unrolled scan (CUDA, the torch backend) the four directions' copies dominate: peak RSS
+    growth measured at 256x256 was 970 / 3391 / 9866 bytes per pixel for serpent-b / -l / -h, and
+    ``100 * 4 * D / P**2 + 256`` gives 1056 / 3456 / 13056.  With the numba path's in-place scan
+    (``in_place_scan``; no unrolled copies, no delta tensor) it was 304 / 956 / 3766 (1024x1024,
+    512x512 for serpent-h), and ``120 * D / P**2 + 128`` gives 368 / 1088 / 3968.  Both err on the
+    safe side.  Other models get a generic figure.
     """
     config = getattr(model, "config", None)
     patch = getattr(config, "patch_size", None)
     embed = getattr(config, "embed_dim", None)
     if patch and embed:
+        if in_place_scan:
+            return 120.0 * embed / patch**2 + 128.0
         return 100.0 * 4 * embed / patch**2 + 256.0
     return 4096.0
 

@@ -183,3 +183,27 @@ def test_without_spandrel(tmp_path: Path, explicit: bool) -> None:
     assert "SwinIR and NAFNet peers left out" in hint[0]
     names = [row["model"] for row in json.loads(proc.stdout)["rows"]]
     assert names == ["serpent-b", "serpent-l", "serpent-h", "unet-32", "unet-64", "unet-128"]
+
+
+def test_repeat_budget_ignores_one_time_warm_up_costs() -> None:
+    """A first call that compiles (slow) must not cut the repeats; a slow steady state does."""
+    import time
+
+    import torch
+
+    from serpent_cli.bench.runner import time_calls
+
+    calls: list[float] = []
+
+    def compiles_once() -> None:
+        time.sleep(0.3 if not calls else 0.01)  # the first call pays a one-time cost
+        calls.append(1.0)
+
+    times = time_calls(compiles_once, torch.device("cpu"), warmup=1, repeats=3, budget_s=0.2)
+    assert len(times) == 3 and all(t < 250 for t in times)
+
+    def always_slow() -> None:
+        time.sleep(0.15)
+
+    assert len(time_calls(always_slow, torch.device("cpu"), warmup=1, repeats=3, budget_s=0.2)) == 1
+    assert len(time_calls(always_slow, torch.device("cpu"), warmup=0, repeats=2, budget_s=0.0)) == 2

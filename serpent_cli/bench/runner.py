@@ -93,31 +93,35 @@ def time_calls(
 ) -> list[float]:
     """Milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones.
 
-    With ``budget_s`` > 0, a slow model gets fewer repeats (at least 1): when one warm-up call
-    already takes most of the budget, ten more would only repeat the same number slowly.
+    With ``budget_s`` > 0, a slow model gets fewer repeats (at least 1): when one timed call
+    already takes most of the budget, more would only repeat the same number slowly.  The first
+    timed call decides, not a warm-up call: warm-ups carry one-time costs (the numba kernels
+    compile on a machine's first run, 7-16 s) that say nothing about the steady state.
     """
-    for i in range(warmup):
-        start_s = time.perf_counter()
+    for _ in range(warmup):
         fn()
         _sync(device)
-        if i == warmup - 1 and budget_s > 0:
-            call_s = time.perf_counter() - start_s
-            repeats = max(1, min(repeats, int(budget_s / max(call_s, 1e-9))))
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            start_s = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append((time.perf_counter() - start_s) * 1000.0)
+    times = [_timed_call(fn, device)]
+    if budget_s > 0:
+        repeats = max(1, min(repeats, int(budget_s / max(times[0] / 1000.0, 1e-9))))
+    while len(times) < repeats:
+        times.append(_timed_call(fn, device))
     return times
+
+
+def _timed_call(fn: Callable[[], object], device: torch.device) -> float:
+    """One call of ``fn`` in milliseconds (CUDA events on CUDA, the wall clock after a sync elsewhere)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    start_s = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start_s) * 1000.0
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:

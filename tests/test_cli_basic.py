@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -53,9 +54,25 @@ def test_help_paragraphs_are_not_split_mid_sentence(serpent_cmd: list[str]) -> N
 
 
 def test_models_table_fits_80_columns_without_splitting_names(serpent_cmd: list[str]) -> None:
-    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    # An 80-column terminal (TTY_COMPATIBLE: Rich treats the pipe as one).
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TTY_COMPATIBLE": "1"}
     out = subprocess.run([*serpent_cmd, "models"], capture_output=True, text=True, env=env, check=True).stdout
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)  # bold / italic styles (NO_COLOR only drops colours)
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80, out
     for name in ("serpent-b", "serpent-l", "serpent-h"):
         assert any(f"serpent-cli/{name}" in line for line in lines), out  # repo ids never cut mid-word
+
+
+def test_tables_sent_to_a_pipe_are_not_squeezed(serpent_cmd: list[str]) -> None:
+    """`serpent models | less`: each cell's line whole, not wrapped at 80 columns."""
+    import re
+
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80"}  # $COLUMNS does not squeeze a pipe
+    out = subprocess.run([*serpent_cmd, "models"], capture_output=True, text=True, env=env, check=True).stdout
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip()}
+    assert set(rows) >= {"serpent-b", "serpent-l", "serpent-l-blind", "serpent-h"}, out
+    for name, row in rows.items():
+        assert f"serpent-cli/{name}" in row, out
+    assert re.search(r"PSNR [\d.]+-[\d.]+ dB on \d+ sets \(--json: all\)", rows["serpent-b"]), out

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from serpent_cli.atomic import write_json_atomic
@@ -19,7 +17,7 @@ from serpent_cli.cli.common import (
     ThreadsOption,
     check_compute_options,
     info,
-    out_console,
+    print_table,
     use_threads,
     warn,
 )
@@ -254,13 +252,7 @@ def _show(result: dict[str, Any], as_json: bool, *, tiles: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    _print_table(tiles_table(result) if tiles else results_table(result))
-
-
-def _print_table(table: Table) -> None:
-    # A pipe or file gets the whole table rather than an 80-column squeeze.
-    console = out_console if out_console.is_terminal else Console(file=sys.stdout, width=220, highlight=False)
-    console.print(table)
+    print_table(tiles_table(result) if tiles else results_table(result))
 
 
 def _num(value: float | None) -> str:

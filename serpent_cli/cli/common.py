@@ -27,6 +27,19 @@ class Verbosity:
 verbosity = Verbosity()
 err_console = _make_console(sys.stderr)  # progress, logs, errors
 out_console = _make_console(sys.stdout)  # data (tables, JSON)
+PIPE_WIDTH = 220  # a table sent to a pipe or file is printed whole, not squeezed into 80 columns
+
+
+def print_table(table: object) -> None:
+    """A Rich table on stdout: the terminal's width on a terminal, else wide enough that no cell wraps.
+
+    Not $COLUMNS in a pipe: libraries set it in child processes (80 under pytest), and a table read by
+    `less` or a script is better whole.
+    """
+    if out_console.is_terminal:
+        out_console.print(table)
+    else:
+        Console(file=sys.stdout, width=PIPE_WIDTH, no_color=True, highlight=False).print(table)
 
 
 # Messages are plain text, never Rich markup: "[bench]" in an install hint or a file named

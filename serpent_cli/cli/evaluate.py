@@ -16,6 +16,7 @@ from serpent_cli.cli.common import (
     err_console,
     info,
     out_console,
+    print_table,
     stderr_is_terminal,
     use_threads,
     verbosity,
@@ -136,7 +137,7 @@ def evaluate_command(
         if kept:
             cells.append(cell(row.get("untouched_psnr"), 2))
         table.add_row(str(row["model"]), *cells)
-    out_console.print(table)
+    print_table(table)
     if kept:
         out_console.print(f"{kept} image(s) the degradation left untouched are scored apart (the input is exact "
                           "there); the other columns average the changed images.")

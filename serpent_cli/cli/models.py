@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from serpent_cli.cli.common import info, out_console
+from serpent_cli.cli.common import info, print_table
 from serpent_cli.hub.client import model_status
 
 _STATUS_STYLE = {"bundled": "green", "cached": "green", "remote": "cyan", "unavailable": "yellow"}
@@ -45,7 +45,7 @@ def models_command(
             (row["sha256"][:12] + "...") if row["sha256"] else "not pinned",
             _metrics_cell(row["metrics"]),
         )
-    out_console.print(table)
+    print_table(table)
     if not any(row["published"] for row in rows):
         info(
             "No weights are published on the Hub yet: trained weights ship in weights/ (bundled); "

@@ -66,7 +66,6 @@ def test_models_table_fits_80_columns_without_splitting_names(serpent_cmd: list[
 
 def test_tables_sent_to_a_pipe_are_not_squeezed(serpent_cmd: list[str]) -> None:
     """`serpent models | less`: each cell's line whole, not wrapped at 80 columns."""
-
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80"}  # $COLUMNS does not squeeze a pipe
     out = subprocess.run([*serpent_cmd, "models"], capture_output=True, text=True, env=env, check=True).stdout
     rows = {line.split("│")[1].strip(): line for line in out.splitlines()

@@ -22,7 +22,7 @@ from typing import Any
 from serpent_cli import __version__
 from serpent_cli.atomic import write_atomic, write_json_atomic
 from serpent_cli.errors import SerpentError, UsageError, WeightsError
-from serpent_cli.hub.local import sha256_file
+from serpent_cli.hub.local import read_json_file, sha256_file
 from serpent_cli.hub.registry import HUB_FILENAME, load_registry
 
 LIBRARY_NAME = "serpent-cli"
@@ -61,12 +61,7 @@ def parse_metrics(data: Any, source: str) -> Metrics:
 
 def load_metrics_file(path: Path) -> Metrics:
     """Read a metrics JSON file (``--metrics``)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"metrics file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: not a readable JSON file ({exc})") from None
+    data = read_json_file(path, str(path), f"metrics file not found: {path}")
     return parse_metrics(data, str(path))
 
 

@@ -7,10 +7,12 @@ and it asks none of them, so the three no longer import each other in a circle.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-from serpent_cli.errors import WeightsError
+from serpent_cli.errors import UsageError, WeightsError
 
 WEIGHTS_DIR_ENV = "SERPENT_WEIGHTS_DIR"
 
@@ -54,3 +56,16 @@ def verify_sha256(path: Path, expected: str, what: str = "") -> str:
             f"for bundled weights, 'serpent download {what or 'NAME'} --force' for the Hub cache)"
         )
     return digest
+
+
+def read_json_file(path: str | Path, label: str, missing: str) -> Any:
+    """A user-named JSON file (a registry override, a metrics file), or one clear usage error.
+
+    ``label`` starts the message for an unreadable file, ``missing`` is the whole message for an absent one.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(missing) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{label}: not a readable JSON file ({exc})") from None

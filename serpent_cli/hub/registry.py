@@ -22,7 +22,6 @@ Fields given there replace the built-in ones; new names are added (published unl
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from serpent_cli.errors import UsageError
-from serpent_cli.hub.local import bundled_weights_dir, sha256_file
+from serpent_cli.hub.local import bundled_weights_dir, read_json_file, sha256_file
 from serpent_cli.models.registry import shipped_models
 
 REGISTRY_ENV = "SERPENT_REGISTRY"
@@ -186,12 +185,7 @@ def load_registry() -> dict[str, RegistryEntry]:
     source = os.environ.get(REGISTRY_ENV)
     if not source:
         return entries
-    try:
-        data = json.loads(Path(source).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{REGISTRY_ENV}={source}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{REGISTRY_ENV}={source}: not a readable JSON file ({exc})") from None
+    data = read_json_file(source, f"{REGISTRY_ENV}={source}", f"{REGISTRY_ENV}={source}: file not found")
     if not isinstance(data, dict):
         raise UsageError(f"{REGISTRY_ENV}={source}: must hold a JSON object mapping names to entries")
     for name, override in data.items():

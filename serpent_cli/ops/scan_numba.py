@@ -152,8 +152,9 @@ def _run_backward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional
         grad_u.numpy(), grad_delta.numpy(), grad_dt_weight.numpy(), grad_A.numpy(), grad_B.numpy(),
         grad_C.numpy(), grad_D.numpy(), grad_bias.numpy(),
     )
-    partials = (grad_delta, grad_dt_weight, grad_A, grad_B, grad_C, grad_D, grad_bias)
-    return (grad_u, *(g.sum(0) for g in partials))
+    partials = (grad_dt_weight, grad_A, grad_B, grad_C, grad_D, grad_bias)
+    # A full delta's gradient has one slot (every block wrote its own channels): no sum, no copy.
+    return (grad_u, grad_delta.sum(0) if rank else grad_delta[0], *(g.sum(0) for g in partials))
 
 
 def _contiguous(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The real-photo checks of a blind model against the benchmark model (issue: a model for real photos).
 
     python scripts/real_photo_checks.py --models serpent-l serpent-l-blind=runs/serpent-l-blind/model.safetensors \
-        --data ../shared/data --json benchmarks/results/real-photo-checks.json
+        --data ../shared/data --json benchmarks/results/eval/real-photo-checks.json
 
 For each model, on kodak24 (whole images): PSNR against the untouched photo when the input is the clean
 photo itself ("no harm": a sharp photo must come back unchanged), and the gain over the input under a
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -48,15 +49,23 @@ def main() -> int:
             model = load_model(Path(path)) if path else create_model(name, pretrained=True)
             report = evaluate(items, {name: model_restorer(model.eval(), torch.device("cpu"))}, use_lpips=False)
             rows = {r["model"]: r for r in report.summary}
-            results.setdefault(check, {})[BASELINE_NAME] = {"psnr": float(rows[BASELINE_NAME]["psnr"])}
-            results[check][name] = {"psnr": float(rows[name]["psnr"]),
-                                    "gain_db": float(rows[name]["psnr"]) - float(rows[BASELINE_NAME]["psnr"])}
-            print(f"{check:<34} {name:<18} {rows[name]['psnr']:.2f} dB "
-                  f"(input {rows[BASELINE_NAME]['psnr']:.2f} dB)", file=sys.stderr, flush=True)
+            base, model_psnr = _psnr(rows[BASELINE_NAME]), _psnr(rows[name])
+            results.setdefault(check, {})[BASELINE_NAME] = {"psnr": None if math.isinf(base) else base}
+            # The clean input is the photo itself (infinite PSNR): there the model's PSNR is the figure, no gain.
+            results[check][name] = {"psnr": model_psnr} | ({} if math.isinf(base) else {"gain_db": model_psnr - base})
+            print(f"{check:<34} {name:<18} {model_psnr:.2f} dB (input {base:.2f} dB)", file=sys.stderr, flush=True)
     if args.json:
         args.json.write_text(json.dumps({"set": args.set, "limit": args.limit, "results": results}, indent=1))
     print(json.dumps(results, indent=1))
     return 0
+
+
+def _psnr(row: dict[str, object]) -> float:
+    """A row's PSNR: over the changed photos, else (none changed) to the untouched ones; inf for the input."""
+    if row["images"]:
+        return float(row["psnr"])  # type: ignore[arg-type]
+    untouched = row["untouched_psnr"]
+    return math.inf if untouched is None or float(untouched) >= 200.0 else float(untouched)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

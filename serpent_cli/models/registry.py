@@ -163,7 +163,7 @@ _register_serpent("serpent-h", 1, "Serpent, patch 1",
                   "0cd722c6579ee83ead40a54a5d97b1870fdad522da106e4a1a2ff60bf6c061f1", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
-                  "18a145d9d992105e8133dcf69376adf6cc2c15c8058849eb0e9a0f7a31b21e5c", rank=None, in_bench=False)
+                  "fcc589daad7ee91f2b0e6f4222bfc24ecd35d652d4bd6625619b09501ab5ce64", rank=None, in_bench=False)
 for _width in (32, 64, 128):
     register_model(f"unet-{_width}", _unet(_width), family="unet", description=f"U-Net, {_width} channels",
                    trainable=True)

@@ -9,8 +9,10 @@ Why this shape (DESIGN.md section 3, backend 4):
   block stays in L1.
 * The cost to beat is one ``exp`` per (position, channel, state).  PyPI's llvmlite has no
   vector math library, so ``math.exp`` would stay a scalar libm call; :func:`fast_exp2` is a
-  polynomial 2^x with the exponent set by bit manipulation, which LLVM vectorises (about 2
-  ulp in float32).  Float64 inputs use ``math.exp`` (exact gradient checks, not speed).
+  polynomial 2^x with the exponent set by bit manipulation, which LLVM vectorises (2 ulp in
+  float32; rounding by the add-a-magic-constant trick and a minimax degree-5 polynomial took
+  it from 22 to 18 vector operations: 1.1-1.4x the scan's throughput on one core).  Float64
+  inputs use ``math.exp`` (exact gradient checks, not speed).
 * Four scan directions without unrolled copies: a direction only changes the order in which
   positions are visited.  SS2D hands the kernel its tensors in two position orders
   (row-major, and column-major, i.e. transposed; see ``serpent_cli.ops.to_scan_orders``),
@@ -71,31 +73,47 @@ def fast_exp2(x):  # type: ignore[no-untyped-def]  # pragma: no cover - replaced
     return 2.0**x
 
 
-@overload(fast_exp2, jit_options={"fastmath": FASTMATH})
+@intrinsic
+def _float32_as_int32(typingctx, value):  # type: ignore[no-untyped-def]
+    """Reinterpret the bits of a float32 as an int32 (a vectorisable bitcast)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+# 2^f on |f| <= 1/2: a near-minimax degree-5 fit of the relative error (1.4e-7 on the interval,
+# 1.9e-7 = 2 ulp with the float32 rounding; a Taylor polynomial needs degree 6 for that).
+EXP2_COEFFS = (1.0000001192092896, 0.6931470036506653, 0.24022115767002106, 0.05550665408372879,
+               0.009675692766904831, 0.0013292087242007256)
+
+
+# Only "contract" here: the rounding trick below, (x + M) - M, is exactly what reassociation would fold away.
+@overload(fast_exp2, jit_options={"fastmath": {"contract"}})
 def _fast_exp2_impl(x):  # type: ignore[no-untyped-def]
     if x == types.float32:
-        # Taylor coefficients of 2^f = exp(f ln 2); degree 6 on |f| <= 1/2 is within 2 ulp.
-        c1, c2, c3 = np.float32(LN2), np.float32(LN2**2 / 2), np.float32(LN2**3 / 6)
-        c4, c5, c6 = np.float32(LN2**4 / 24), np.float32(LN2**5 / 120), np.float32(LN2**6 / 720)
-        lo, hi, one = np.float32(-126.0), np.float32(127.0), np.float32(1.0)
-        shift = np.float32(200.5)
+        c0, c1, c2, c3, c4, c5 = (np.float32(c) for c in EXP2_COEFFS)
+        lo, hi = np.float32(-126.0), np.float32(127.0)
+        # 1.5 * 2^23 + 127: for |x| <= 127, x + magic lies in [2^23, 2^24), where the float32 spacing is
+        # 1, so the addition rounds x to the nearest integer w and leaves w + 127 (+ 2^22) in the low
+        # mantissa bits; shifted left by 23 those bits are the float32 exponent field of 2^w.
+        magic = np.float32(12582912.0 + 127.0)
 
         def impl32(x):  # type: ignore[no-untyped-def]
             # Clamp to the normal float32 range (2^-126 .. 2^127); 2^-126 is 0 for a decay.
-            # Plain comparisons, not min/max: those lower to branches that stop vectorisation.
+            # Plain comparisons, not min/max: those lower to branches that stop vectorisation,
+            # and a NaN passes through both (and through the polynomial).
             if x < lo:
                 x = lo
             if x > hi:
                 x = hi
-            # round(x) by truncating x + 200.5 (positive) to an integer: libm's floor is a
-            # call, and float tricks ("add and subtract 1.5 * 2^23", "x - (w - 200)") are
-            # undone by reassociation.  Integer arithmetic is exact; the casts back to int32
-            # keep the lanes 32 bits wide.
-            whole = np.int32(np.int32(x + shift) - np.int32(200))
-            f = x - np.float32(whole)  # exact, in [-1/2, 1/2]
-            p = one + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
-            # 2^round(x): the float32 exponent field (round(x) + 127) << 23.
-            return p * _int32_as_float32(np.int32((whole + np.int32(127)) << np.int32(23)))
+            shifted = x + magic
+            f = x - (shifted - magic)  # x - round(x), exact, in [-1/2, 1/2]
+            p = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * c5))))
+            return p * _int32_as_float32(np.int32(_float32_as_int32(shifted) << np.int32(23)))
 
         return impl32
 

@@ -437,6 +437,12 @@ def _quantise(pixels: np.ndarray, depth: int) -> np.ndarray:
     return out.astype(np.uint16 if depth == 16 else np.uint8)
 
 
+# zlib level of PNG outputs.  Pillow's default, 6, spent 7 of the 26 s of a 4000x3000 `serpent deblur`
+# on the CPU; level 4 gave the same sizes on restored photos (12.39 vs 12.55 MB there, 32 vs 32 kB on
+# the Kodak examples) in a third of the time (2.2 vs 6.6 s), and 0-4% larger on raw, unrestored photos.
+PNG_COMPRESS_LEVEL = 4
+
+
 def _encode_pillow(arr: np.ndarray, pic: Picture, fmt: str, jpeg_quality: int) -> bytes:
     img = Image.fromarray(arr)
     kwargs: dict[str, object] = {}
@@ -448,6 +454,8 @@ def _encode_pillow(arr: np.ndarray, pic: Picture, fmt: str, jpeg_quality: int) -
         kwargs.update(quality=int(jpeg_quality), subsampling=0 if jpeg_quality >= 90 else 2, optimize=True)
     elif fmt == "WEBP":
         kwargs.update(lossless=True)
+    elif fmt == "PNG":
+        kwargs.update(compress_level=PNG_COMPRESS_LEVEL)
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
@@ -460,7 +468,7 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 def _encode_png16(arr: np.ndarray, pic: Picture) -> bytes:
     import imagecodecs
 
-    data = bytes(imagecodecs.png_encode(np.ascontiguousarray(arr), level=6))
+    data = bytes(imagecodecs.png_encode(np.ascontiguousarray(arr), level=PNG_COMPRESS_LEVEL))
     extra = b""
     if pic.icc_profile:
         extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(pic.icc_profile))

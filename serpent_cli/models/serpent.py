@@ -61,7 +61,14 @@ class SS2D(nn.Module):
 
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
-        """Mamba's initialisation: S4D-real A, softplus(dt bias) log-uniform in [dt_min, dt_max]."""
+        """Mamba's initialisation: S4D-real A, softplus(dt bias) log-uniform in [dt_min, dt_max].
+
+        Skipped on the meta device, where a network is built only to count its parameters (a weights
+        header is checked that way before anything is allocated): these ops there pull in torch's
+        decomposition machinery, 2 s of imports on every `serpent deblur`.
+        """
+        if self.A_log.is_meta:
+            return
         nn.init.uniform_(self.x_proj_weight, -self.inner**-0.5, self.inner**-0.5)
         nn.init.uniform_(self.dt_proj_weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
         dt_min, dt_max = self._dt_range

@@ -206,7 +206,10 @@ def test_signal_during_a_folder_leaves_complete_outputs_only(data_dir: Path, tmp
     out = tmp_path / "out"
     args = [*serpent_cmd, "deblur", str(tmp_path / "in"), "-o", str(out), "--weights", str(weights),
             "--device", "cpu", "--tile", "0"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    # SIGINT at its default disposition in the child: a shell ignores it for background jobs (`cmd &`, nohup),
+    # children inherit that, and Python then never turns it into KeyboardInterrupt: the test ran under such a shell.
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out / "0.png").exists() and time.monotonic() < deadline and proc.poll() is None:

@@ -40,13 +40,11 @@ TRAINING_DATA = (
     "natural-train (170 photos) + faces-train (60 faces), validated on natural-val; benchmark degradation: "
     "Gaussian blur 61x61 sigma 3.0 + Gaussian noise sigma 0.05 (serpent-l-blind: the blind family); CPU "
     "budget: 2000 steps of 4 crops of 96x96, Adam lr 1e-3 cosine, seed 0 (scripts/train_weights.sh cpu; "
-    "serpent-l-blind: twice, the second run from the first's weights, INIT_DIR=weights); "
-    "serpent-h: its first weights, 600 steps of 2 crops of 48x48 of natural-train"
+    "serpent-l-blind: twice, the second run from the first's weights, INIT_DIR=weights)"
 )
 
 # `serpent eval` (PSNR dB / SSIM) of the bundled weights under the benchmark degradation: whole test sets
-# for serpent-b / -l (benchmarks/results/eval/*.json, scripts/results_table.py), the first 4 images of each
-# set for serpent-h (its first weights, not retrained yet).
+# (benchmarks/results/eval/*.json, scripts/results_table.py).
 METRICS: dict[str, dict[str, dict[str, float]]] = {
     "serpent-b": {
         "faces-test-256": {"psnr": 25.40, "ssim": 0.523},
@@ -65,12 +63,12 @@ METRICS: dict[str, dict[str, dict[str, float]]] = {
         "set14": {"psnr": 23.92, "ssim": 0.620},
     },
     "serpent-h": {
-        "faces-test-256 (first 4)": {"psnr": 24.76, "ssim": 0.646},
-        "faces-test-512 (first 4)": {"psnr": 26.38, "ssim": 0.625},
-        "cbsd68 (first 4)": {"psnr": 23.21, "ssim": 0.566},
-        "kodak24 (first 4)": {"psnr": 25.21, "ssim": 0.563},
-        "mcmaster18 (first 4)": {"psnr": 20.74, "ssim": 0.539},
-        "set14 (first 4)": {"psnr": 21.53, "ssim": 0.407},
+        "faces-test-256": {"psnr": 27.69, "ssim": 0.766},
+        "faces-test-512": {"psnr": 29.71, "ssim": 0.788},
+        "cbsd68": {"psnr": 24.56, "ssim": 0.624},
+        "kodak24": {"psnr": 25.15, "ssim": 0.653},
+        "mcmaster18": {"psnr": 25.84, "ssim": 0.702},
+        "set14": {"psnr": 24.04, "ssim": 0.628},
     },
 }
 
@@ -82,8 +80,8 @@ REFERENCE_CHECKS: dict[str, dict[str, dict[str, float | None]]] = {
                   "kodak24/kodim23.png": {"gain_db": 2.113, "grid": 1.043}},
     "serpent-l": {"kodak24/kodim03.png": {"gain_db": 4.183, "grid": 1.566},
                   "kodak24/kodim23.png": {"gain_db": 4.015, "grid": 1.416}},
-    "serpent-h": {"kodak24/kodim03.png": {"gain_db": 2.546, "grid": None},
-                  "kodak24/kodim23.png": {"gain_db": 2.261, "grid": None}},
+    "serpent-h": {"kodak24/kodim03.png": {"gain_db": 4.348, "grid": None},
+                  "kodak24/kodim23.png": {"gain_db": 4.157, "grid": None}},
     "serpent-l-blind": {"kodak24/kodim03.png": {"gain_db": 3.35, "grid": 1.324},
                         "kodak24/kodim23.png": {"gain_db": 3.417, "grid": 1.276}},
 }

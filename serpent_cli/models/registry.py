@@ -160,7 +160,7 @@ _register_serpent("serpent-b", 4, "Serpent, patch 4",
 _register_serpent("serpent-l", 2, "Serpent, patch 2",
                   "cc49436de7aaa7109e42ac3f3f98e9a734b9ecac6f5d278f952b8066a5fa2c6f", rank=0)
 _register_serpent("serpent-h", 1, "Serpent, patch 1",
-                  "0cd722c6579ee83ead40a54a5d97b1870fdad522da106e4a1a2ff60bf6c061f1", rank=2)
+                  "ac49bd86f54611e41c48cb22814dcbbea06974f8ad95c06c63d7cc1d2d1d1376", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
                   "fcc589daad7ee91f2b0e6f4222bfc24ecd35d652d4bd6625619b09501ab5ce64", rank=None, in_bench=False)

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from serpent_cli.bench.runner import time_calls
 from serpent_cli.ops import get_backend
 
 FULL_SHAPES = [(1, 256, 5, 262144), (1, 256, 5, 65536), (8, 512, 11, 16384), (1, 1024, 21, 4096)]
@@ -107,11 +108,6 @@ def scan_fn(backend: str) -> Callable[..., torch.Tensor]:
     return lambda u, dl, A, B, C, D, bias: fn(u, dl, A, B, C, D, bias, True)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 WARMUP = 1  # calls before timing (compiles the kernels); 0 in --cpu-smoke
 DEADLINE = math.inf  # time.monotonic() after which remaining measurements are skipped (--time-limit-s)
 
@@ -121,24 +117,8 @@ def out_of_time() -> bool:
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median milliseconds of fn() (CUDA events on GPU, perf_counter on CPU)."""
-    for _ in range(WARMUP):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of fn() (CUDA events on GPU, the wall clock after a sync elsewhere)."""
+    return statistics.median(time_calls(fn, device, WARMUP, repeats))
 
 
 def rel_errors(got: list[torch.Tensor], want: list[torch.Tensor]) -> dict[str, float]:

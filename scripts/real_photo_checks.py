@@ -49,7 +49,7 @@ def main() -> int:
             model = load_model(Path(path)) if path else create_model(name, pretrained=True)
             report = evaluate(items, {name: model_restorer(model.eval(), torch.device("cpu"))}, use_lpips=False)
             rows = {r["model"]: r for r in report.summary}
-            base, model_psnr = _psnr(rows[BASELINE_NAME]), _psnr(rows[name])
+            base, model_psnr = _psnr(rows[BASELINE_NAME], is_input=True), _psnr(rows[name], is_input=False)
             results.setdefault(check, {})[BASELINE_NAME] = {"psnr": None if math.isinf(base) else base}
             # The clean input is the photo itself (infinite PSNR): there the model's PSNR is the figure, no gain.
             results[check][name] = {"psnr": model_psnr} | ({} if math.isinf(base) else {"gain_db": model_psnr - base})
@@ -60,12 +60,12 @@ def main() -> int:
     return 0
 
 
-def _psnr(row: dict[str, object]) -> float:
-    """A row's PSNR: over the changed photos, else (none changed) to the untouched ones; inf for the input."""
+def _psnr(row: dict[str, object], *, is_input: bool) -> float:
+    """A row's PSNR over the changed photos; when none changed, the input is exact (inf) and a model's
+    figure is its PSNR to the untouched photos."""
     if row["images"]:
         return float(row["psnr"])  # type: ignore[arg-type]
-    untouched = row["untouched_psnr"]
-    return math.inf if untouched is None or float(untouched) >= 200.0 else float(untouched)  # type: ignore[arg-type]
+    return math.inf if is_input else float(row["untouched_psnr"])  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

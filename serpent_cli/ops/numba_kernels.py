@@ -56,33 +56,25 @@ FASTMATH = {"contract", "reassoc", "nsz", "arcp", "afn"}
 JIT = {"nogil": True, "cache": True, "fastmath": FASTMATH, "error_model": "numpy"}
 
 
+_BIT_TWINS = {types.int32: (types.float32, ir.FloatType()), types.float32: (types.int32, ir.IntType(32))}
+
+
 @intrinsic
-def _int32_as_float32(typingctx, value):  # type: ignore[no-untyped-def]
-    """Reinterpret the bits of an int32 as a float32 (a vectorisable bitcast)."""
-    if value != types.int32:
+def _reinterpret_bits(typingctx, value):  # type: ignore[no-untyped-def]
+    """The same 32 bits as the other type: int32 -> float32, float32 -> int32 (a vectorisable bitcast)."""
+    if value not in _BIT_TWINS:
         return None
+    result, llvm_type = _BIT_TWINS[value]
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(args[0], ir.FloatType())
+        return builder.bitcast(args[0], llvm_type)
 
-    return types.float32(types.int32), codegen
+    return result(value), codegen
 
 
 def fast_exp2(x):  # type: ignore[no-untyped-def]  # pragma: no cover - replaced by the overload
     """2**x; float32: polynomial + exponent bits (vectorisable), float64: libm."""
     return 2.0**x
-
-
-@intrinsic
-def _float32_as_int32(typingctx, value):  # type: ignore[no-untyped-def]
-    """Reinterpret the bits of a float32 as an int32 (a vectorisable bitcast)."""
-    if value != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
 
 
 # 2^f on |f| <= 1/2: a near-minimax degree-5 fit of the relative error (1.4e-7 on the interval,
@@ -113,7 +105,7 @@ def _fast_exp2_impl(x):  # type: ignore[no-untyped-def]
             shifted = x + magic
             f = x - (shifted - magic)  # x - round(x), exact, in [-1/2, 1/2]
             p = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * c5))))
-            return p * _int32_as_float32(np.int32(_float32_as_int32(shifted) << np.int32(23)))
+            return p * _reinterpret_bits(np.int32(_reinterpret_bits(shifted) << np.int32(23)))
 
         return impl32
 

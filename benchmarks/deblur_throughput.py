@@ -2,9 +2,10 @@
 
 A real photo (kodak24 by default) is centre-cropped to the aspect of --width x --height and upsampled
 (bicubic) to that size (--size for a square, 2048 by default), written as PNG, and restored by the
-installed `serpent deblur` as a subprocess with --tile auto.  ``--compete N`` runs N CPU-bound
-processes (a busy loop each) beside it, as on a shared machine; ``--threads 0`` leaves the thread
-count to serpent's default.  Peak RSS is the child's maximum resident set size.  Uses the
+installed `serpent deblur` as a subprocess with --tile auto, --repeat times (the median is the figure,
+every run is listed: this VM's speed drifts by up to 1.5x within minutes).  ``--compete N`` runs N
+CPU-bound processes (a busy loop each) beside it, as on a shared machine; ``--threads 0`` leaves the
+thread count to serpent's default.  Peak RSS is the largest resident set size of the children.  Uses the
 bundled weights of --model when present, else a random-init network of that variant (the speed
 and memory are the same; only the picture quality differs).
 
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="0: serpent's default")
     parser.add_argument("--tile", default="auto")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of the command; the figures are their median (a shared VM drifts by 1.5x)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     width, height = args.width or args.size, args.height or args.size
@@ -78,17 +82,22 @@ def main() -> None:
         warm[warm.index("-o") + 1] = str(tmp / "small-out.png")
         subprocess.run(warm, capture_output=True, env=env, check=True)
         busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.compete)]
+        walls: list[float] = []
+        restores: list[float] = []
         try:
-            start = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            wall = time.perf_counter() - start
+            for _ in range(max(1, args.repeat)):
+                (tmp / "out.png").unlink(missing_ok=True)
+                start = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                walls.append(time.perf_counter() - start)
+                if proc.returncode != 0:
+                    sys.exit(f"deblur failed ({proc.returncode}): {proc.stderr.strip()}")
+                row = json.loads(proc.stdout.splitlines()[-1])
+                restores.append(row["seconds"])
         finally:
             for p in busy:
                 p.kill()
                 p.wait()
-        if proc.returncode != 0:
-            sys.exit(f"deblur failed ({proc.returncode}): {proc.stderr.strip()}")
-        row = json.loads(proc.stdout.splitlines()[-1])
     peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
     result = {
         "model": args.model,
@@ -98,9 +107,10 @@ def main() -> None:
         "competing_processes": args.compete,
         "device": args.device,
         "tile_used": row.get("tile"),
-        "seconds_wall": round(wall, 2),
-        "seconds_restore": row.get("seconds"),
-        "megapixels_per_second": round(width * height / 1e6 / row["seconds"], 4),
+        "seconds_wall": round(statistics.median(walls), 2),
+        "seconds_wall_runs": [round(w, 2) for w in walls],
+        "seconds_restore": round(statistics.median(restores), 2),
+        "megapixels_per_second": round(width * height / 1e6 / statistics.median(restores), 4),
         "peak_rss_mib": round(peak_rss_mib, 1),
         "cpu": platform.processor() or platform.machine(),
         "cores_visible": os.cpu_count(),

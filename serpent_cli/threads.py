@@ -28,6 +28,7 @@ from serpent_cli.errors import UsageError
 
 _LOCK_SUFFIX = ".lock"
 _own_lock: IO[bytes] | None = None  # kept open (and locked) for the life of the process
+_applied = 0  # the count apply_threads set; 0 until it runs
 
 
 def available_cores() -> int:
@@ -146,10 +147,20 @@ def apply_threads(n: int | None) -> int:
     ``n`` > 0 is used as given; 0 or None means ``OMP_NUM_THREADS`` if set, else :func:`default_threads`.
     Call it before any model work: the count applies to what runs after it.
     """
+    global _applied
     check_threads(n)
     register_process()  # counted by the others from now on, whatever count this one uses
     count = n if n else (_omp_threads() or default_threads())
     import torch
 
     torch.set_num_threads(count)
-    return torch.get_num_threads()
+    _applied = torch.get_num_threads()
+    return _applied
+
+
+def worker_threads() -> int:
+    """Threads for work outside torch (the PNG encoder): the count :func:`apply_threads` set, else 1.
+
+    A command that never set a count (``serpent degrade``) stays on one thread, as before.
+    """
+    return _applied or 1

@@ -49,6 +49,24 @@ def test_rgb_png_round_trip_is_exact(data_dir: Path, tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(img))
 
 
+@pytest.mark.parametrize("depth", [8, 16])
+def test_out_of_range_and_nan_pixels_are_clipped_on_write(data_dir: Path, tmp_path: Path, depth: int) -> None:
+    """A network's output may hold NaN, inf or values outside [0, 1]: they are written as 0 / the maximum, and
+    in-range values are rounded to the nearest level."""
+    if depth == 16:
+        (tmp_path / "in.png").write_bytes(imagecodecs.png_encode(_photo16(data_dir)))
+    else:
+        _photo(data_dir).save(tmp_path / "in.png")
+    pic = read_picture(tmp_path / "in.png")
+    pixels = pic.pixels.copy()
+    pixels[0, :6, 0] = [np.nan, np.inf, -np.inf, 1.7, -3.0, 0.5]
+    write_picture(pic.with_pixels(pixels), tmp_path / "out.png")
+    back = imagecodecs.png_decode((tmp_path / "out.png").read_bytes())
+    top = 65535 if depth == 16 else 255
+    assert back[0, :6, 0].tolist() == [0, top, 0, top, 0, (top + 1) // 2]  # 0.5 * top + 0.5, rounded down
+    assert np.array_equal(back[1:], imagecodecs.png_decode((tmp_path / "in.png").read_bytes())[1:])
+
+
 def test_png_outputs_are_as_small_as_pillows_default(data_dir: Path, tmp_path: Path) -> None:
     """Our faster zlib level costs no file size worth noticing against Pillow's default (level 6) on real photos."""
     for name in ("kodim03.png", "kodim23.png"):

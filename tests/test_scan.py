@@ -78,6 +78,16 @@ def test_backend_matches_oracle(shape: tuple[int, ...], softplus: bool, backend:
     _check_against_oracle(_inputs(*shape, seed=seed, softplus=softplus), softplus, seed, backend=backend)
 
 
+def test_numba_growing_states_take_the_clamped_exp() -> None:
+    """A >= 0 somewhere (a growing state, legal in mamba-ssm's contract): the kernel picks its exp per channel
+    block from the signs of A (the cheaper one assumes delta * A <= 0); such a block still matches the oracle."""
+    ins = _inputs(1, 8, 4, 40, 2, seed=5)
+    with torch.no_grad():
+        ins[2][3, 1] = 0.02  # one small growth rate: stays finite over 40 steps
+        ins[2][5, 0] = 0.0
+    _check_against_oracle(ins, True, seed=5, backend="numba")
+
+
 @pytest.mark.parametrize("softplus", [True, False])
 def test_many_segments_match_oracle(monkeypatch: pytest.MonkeyPatch, softplus: bool) -> None:
     """A tiny segment budget forces many segments: carried state forwards, carried adjoint backwards."""

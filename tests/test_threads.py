@@ -75,13 +75,14 @@ def test_default_divides_the_cores_among_running_processes(tmp_path: Path) -> No
     ids=["explicit", "OMP_NUM_THREADS", "explicit beats OMP_NUM_THREADS", "default"],
 )
 def test_precedence(tmp_path: Path, threads: int, omp: str | None, expected: int | None) -> None:
-    code = (f"import torch; from serpent_cli.threads import apply_threads\n"
-            f"n = apply_threads({threads}); print(n, torch.get_num_threads())\n")
+    code = (f"import torch; from serpent_cli.threads import apply_threads, worker_threads\n"
+            f"assert worker_threads() == 1\n"  # nothing set yet: work outside torch stays on one thread
+            f"n = apply_threads({threads}); print(n, torch.get_num_threads(), worker_threads())\n")
     env = _env(tmp_path, **({"OMP_NUM_THREADS": omp} if omp else {}))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    got, torch_has = map(int, out.stdout.split())
-    assert got == torch_has == (expected or available_cores())
+    got, torch_has, workers = map(int, out.stdout.split())
+    assert got == torch_has == workers == (expected or available_cores())
 
 
 def test_deblur_threads_reach_torch(serpent_cmd: list[str], data_dir: Path, tmp_path: Path) -> None:

@@ -161,6 +161,12 @@ def _contiguous(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(dtype).contiguous()
 
 
+def _rows_view(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype`` without a copy when its last axis is unit-stride (any other strides are fine)."""
+    t = t.detach().to(dtype)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 class _PlainScan(torch.autograd.Function):
     """mamba-ssm's contract: u, delta (b, d, L); A (d, N); B, C (b, g, N, L); D, bias (d,)."""
 
@@ -222,8 +228,11 @@ class DirectionalScan(torch.autograd.Function):
             weight = torch.empty(A.shape[0], 0, u.shape[-1], dtype=dtype)
         else:
             weight = _contiguous(dt_weight.transpose(1, 2), dtype)  # (4, R, E): rows over channels
-        args = tuple(_contiguous(t, dtype) for t in (u, delta))
-        args += (weight, *(_contiguous(t, dtype) for t in (A, B, C, D, delta_bias)))
+        # The kernel reads delta (low-rank mode), B and C one scalar at a time, so SS2D's slices of its
+        # projection go in as they are (4% of a serpent-b forward was copying them); u is walked in vectors.
+        loose = _rows_view if dt_weight is not None else _contiguous
+        args = (_contiguous(u, dtype), loose(delta, dtype), weight, _contiguous(A, dtype), _rows_view(B, dtype),
+                _rows_view(C, dtype), _contiguous(D, dtype), _contiguous(delta_bias, dtype))
         keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
         y, saved = _run_forward(*args, True, True, keep)
         ctx.save_for_backward(*args, saved)

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "serpent_cli"
 
 # Layers, bottom first: a module may import its own layer's modules (without a cycle) or lower layers'.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "atomic", "threads", "interrupts", "device", "distributed"),
+    ("errors", "atomic", "threads", "interrupts", "device", "distributed", "numba_setup"),
     ("ops",),
     ("models",),
     ("io", "degradation", "hub"),

@@ -16,6 +16,9 @@ import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+# isort: off
+from serpent_cli import numba_setup  # first: numba's cache folder and CPU target
+# isort: on
 import numba
 import numpy as np
 from numba import prange
@@ -125,7 +128,13 @@ def encode_png(
     rows = np.ascontiguousarray(arr.astype(">u2", copy=False) if depth == 16 else arr).view(np.uint8)
     rows = rows.reshape(height, width * channels * arr.itemsize)
     filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
-    filter_rows(rows, channels * arr.itemsize, filtered)
+    numba_setup.start_threads()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        filter_rows(rows, channels * arr.itemsize, filtered)
+    finally:
+        numba.set_num_threads(previous)
     data = zlib_parallel(filtered, level, threads)
     out = [SIGNATURE, chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, COLOR_TYPES[channels], 0, 0, 0))]
     if icc_profile:

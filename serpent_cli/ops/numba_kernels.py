@@ -42,6 +42,9 @@ from __future__ import annotations
 
 import math
 
+# isort: off
+from serpent_cli import numba_setup  # noqa: F401  (first: numba's cache folder and CPU target)
+# isort: on
 import numba
 import numpy as np
 from llvmlite import ir

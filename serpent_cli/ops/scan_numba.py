@@ -15,11 +15,11 @@ run on a machine pays for compilation.
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import torch
+
+from serpent_cli.numba_setup import start_threads
+from serpent_cli.ops import numba_kernels as kernels
+from serpent_cli.ops.scan_torch import _compute_dtype  # one rule: fp64 stays fp64, else fp32
 
 NUM_DIRECTIONS = 4
 # Positions per saved boundary state: the backward recomputes one segment's states into a
@@ -29,54 +29,7 @@ SEGMENT = 64
 MAX_BLOCK = 64  # channels per work item: the state h[N, block] stays in L1
 MIN_BLOCK = 16
 
-
-def configure_numba() -> None:
-    """Settings numba reads once, at import; each is left alone where the user set it.
-
-    * A per-user cache folder: the package folder (numba's default) is often read-only
-      (system or shared installs); a per-user cache means only the first run compiles.
-    * Full-width AVX-512 vectors where the CPU has them: LLVM's tuning for recent Intel
-      cores prefers 256-bit vectors, which leaves half of each register idle in the scan
-      (measured: 2.0 -> 2.5 G state updates/s per core on an Emerald Rapids Xeon).
-    """
-    if not os.environ.get("NUMBA_CACHE_DIR"):
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        os.environ["NUMBA_CACHE_DIR"] = str(Path(base) / "serpent" / "numba")
-    if "numba" in sys.modules or os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("NUMBA_CPU_NAME"):
-        return
-    try:
-        import llvmlite.binding as llvm
-
-        features = llvm.get_host_cpu_features().flatten()
-        name = llvm.get_host_cpu_name()
-    except Exception:  # unknown host: numba's own detection
-        return
-    if "+avx512f" in features.split(","):
-        os.environ["NUMBA_CPU_NAME"] = name
-        os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
-
-
-configure_numba()
-from serpent_cli.ops import numba_kernels as kernels  # noqa: E402  (numba must be configured first)
-from serpent_cli.ops.scan_torch import _compute_dtype  # noqa: E402  (one rule: fp64 stays fp64, else fp32)
-
-
-def _start_numba_threads() -> None:
-    """Start numba's thread pool now, leaving torch's thread count as it was.
-
-    numba's OpenMP layer and torch can share one libgomp: starting numba's pool sets the
-    process-wide OpenMP thread count, which would silently undo ``torch.set_num_threads``.
-    Once the pool runs, numba's per-launch count no longer touches torch's.
-    """
-    import numba
-
-    wanted = torch.get_num_threads()
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    if torch.get_num_threads() != wanted:
-        torch.set_num_threads(wanted)
-
-
-_start_numba_threads()
+start_threads()
 
 
 def _threads() -> int:

@@ -156,14 +156,14 @@ def _register_serpent(name: str, patch_size: int, description: str, sha256: str,
 # Default order: serpent-l first, since in the paper it is within 0.1 dB of serpent-h at a quarter of its cost
 # and clearly better than serpent-b; on a CPU it is still practical for photos.
 _register_serpent("serpent-b", 4, "Serpent, patch 4",
-                  "8c680f3ceb74806ef8beeb74257f6f457e571dc17a93e23bd8c9bda575f30bd7", rank=1)
+                  "bfb18f331abac7694497e8574e959c640307da36c9784c29217bf3c604eeea21", rank=1)
 _register_serpent("serpent-l", 2, "Serpent, patch 2",
-                  "cc49436de7aaa7109e42ac3f3f98e9a734b9ecac6f5d278f952b8066a5fa2c6f", rank=0)
+                  "f7177d1c75cd768f9edd9f8ee5e39b47c5b3df6da782a1e4ad9ffb4ae5421aaf", rank=0)
 _register_serpent("serpent-h", 1, "Serpent, patch 1",
                   "ac49bd86f54611e41c48cb22814dcbbea06974f8ad95c06c63d7cc1d2d1d1376", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
-                  "fcc589daad7ee91f2b0e6f4222bfc24ecd35d652d4bd6625619b09501ab5ce64", rank=None, in_bench=False)
+                  "421d6a9bf9e61d83d493d9de35c9def50a68e778ce0b6828360e2bfe1a2334ed", rank=None, in_bench=False)
 for _width in (32, 64, 128):
     register_model(f"unet-{_width}", _unet(_width), family="unet", description=f"U-Net, {_width} channels",
                    trainable=True)

@@ -119,3 +119,15 @@ def test_writer_first_in_a_process_caches_per_user_and_keeps_torchs_threads(tmp_
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[1] == "1"
     assert list((tmp_path / "serpent" / "numba").rglob("*filter_rows*.nbc")), "no compiled filter in the user cache"
+
+
+def test_tiny_images_and_many_idat_chunks(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-pixel rows and columns decode; a stream split over many IDAT chunks is read back whole."""
+    photo = _photo(data_dir)
+    for shape in ((1, 1), (1, 9), (9, 1), (8, 8)):
+        part = np.ascontiguousarray(photo[: shape[0], : shape[1]])
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(part, level=4)))), part), shape
+    monkeypatch.setattr(png_writer, "IDAT_BYTES", 4096)
+    data = encode_png(photo[:200], level=4, threads=2)
+    assert sum(kind == b"IDAT" for kind, _ in _chunks(data)) > 10
+    assert np.array_equal(imagecodecs.png_decode(data), photo[:200])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -36,7 +37,10 @@ def _alpha16(shape: tuple[int, int]) -> np.ndarray:
     return ((x * 977 + y * 331) % 65536).astype(np.uint16)
 
 
+@functools.cache
 def _srgb_icc() -> bytes:
+    """One sRGB profile per test run: the profile's header carries its creation time, so two made a second
+    apart differ (the cause of a once-in-a-while failure of the EXIF/ICC test when the clock ticked between)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

@@ -284,3 +284,21 @@ def test_grayscale_restore_keeps_alpha(data_dir: Path, tmp_path: Path) -> None:
     restored, _ = Restorer(torch.nn.Identity(), torch.device("cpu"), tile=0).restore(pic)
     assert restored.mode == "LA" and np.array_equal(restored.alpha, pic.alpha)
     assert np.allclose(restored.pixels, pic.pixels, atol=1e-6)  # identity net: gray in, same gray out
+
+
+def test_first_run_says_it_compiles_the_kernels(serpent_cmd: list[str], data_dir: Path, weights: Path,
+                                                tmp_path: Path) -> None:
+    """With an empty per-user cache the first deblur announces the one-time compile (it takes seconds); the
+    next run, loading from the cache, does not."""
+    crop(data_dir, "kodak24", 3, (100, 100, 164, 148)).save(tmp_path / "in.png")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path / "c")}
+    said, notices = [], []
+    for name in ("a.png", "b.png"):
+        done = subprocess.run([*serpent_cmd, "deblur", str(tmp_path / "in.png"), "-o", str(tmp_path / name),
+                               "--weights", str(weights), "--threads", "1"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+        said.append("compiling the CPU scan kernels" in done.stderr)
+        notices.append(done.stderr)
+    assert said == [True, False]
+    assert str(tmp_path / "c" / "serpent" / "numba") in notices[0]  # the notice names the cache folder

@@ -52,6 +52,15 @@ def info(message: str) -> None:
         err_console.print(escape(message))
 
 
+def announce_kernel_compile(device: object) -> None:
+    """Say so before a first run compiles the CPU scan kernels (~15 s), so that it does not look stuck."""
+    from serpent_cli.ops import kernels_to_compile
+
+    if kernels_to_compile(device):  # type: ignore[arg-type]
+        info(f"compiling the CPU scan kernels for this machine (once, about 15 s on 2 cores; cached in "
+             f"{os.environ.get('NUMBA_CACHE_DIR', 'the numba cache')})")
+
+
 def debug(message: str) -> None:
     """A detail on stderr, only with -v."""
     if verbosity.verbose and not verbosity.quiet:

@@ -17,6 +17,7 @@ from serpent_cli.cli.common import (
     RecursiveOption,
     SkipExistingOption,
     ThreadsOption,
+    announce_kernel_compile,
     check_compute_options,
     use_threads,
     warn,
@@ -115,6 +116,8 @@ def deblur_command(
             from serpent_cli.restore import Restorer
 
             restorer = Restorer(net, dev, dtype, tile=tile_size, overlap=tile_overlap)
+            if main_rank:
+                announce_kernel_compile(dev)
 
         def work(job: Job) -> Result:
             assert restorer is not None

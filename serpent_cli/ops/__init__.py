@@ -238,6 +238,16 @@ def directional_backend(device: torch.device | str, backend: str = "auto") -> bo
     return resolve_backend(backend, device) == "numba"
 
 
+def kernels_to_compile(device: torch.device | str) -> bool:
+    """True when the next scan on ``device`` first compiles the numba kernels (a first run on a machine, or
+    the first after an upgrade): about 15 s on a 2-core CPU, which a command should announce."""
+    if not directional_backend(device):
+        return False
+    from serpent_cli.ops.scan_numba import forward_compile_pending
+
+    return forward_compile_pending()
+
+
 def to_scan_orders(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
     """Two channels-last maps (b, H, W, ...) -> (b, 2, H*W, ...): ``row`` in row-major order, ``col`` in column-major.
 
@@ -359,6 +369,7 @@ __all__ = [
     "from_scan_orders",
     "get_backend",
     "image_order_to_scan_orders",
+    "kernels_to_compile",
     "resolve_backend",
     "selective_scan",
     "ss2d_scan",

@@ -32,6 +32,18 @@ MIN_BLOCK = 16
 start_threads()
 
 
+def forward_compile_pending() -> bool:
+    """True when the forward kernel has nothing usable in the per-user cache, so its next call compiles.
+
+    Reads numba's cache index (missing, or stale after an upgrade: empty); if numba's cache internals
+    ever move, it answers False (no notice) rather than fail.
+    """
+    try:
+        return not kernels.scan_forward._cache._cache_file._load_index()
+    except Exception:
+        return False
+
+
 def _threads() -> int:
     """Follow torch's thread count (the one knob users and ``--threads`` set) for numba too."""
     import numba

@@ -5,7 +5,8 @@ A real photo (kodak24 by default) is centre-cropped to the aspect of --width x -
 installed `serpent deblur` as a subprocess with --tile auto, --repeat times (the median is the figure,
 every run is listed: this VM's speed drifts by up to 1.5x within minutes).  ``--compete N`` runs N
 CPU-bound processes (a busy loop each) beside it, as on a shared machine; ``--threads 0`` leaves the
-thread count to serpent's default.  Peak RSS is the largest resident set size of the children.  Uses the
+thread count to serpent's default.  Peak RSS is the largest resident set size of the `serpent deblur` runs
+(measured by a small intermediate process, so this script's own memory is not counted).  Uses the
 bundled weights of --model when present, else a random-init network of that variant (the speed
 and memory are the same; only the picture quality differs).
 
@@ -19,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +33,16 @@ from PIL import Image
 from serpent_cli.factory import create_model
 from serpent_cli.hub.local import bundled_weights_dir
 from serpent_cli.hub.weights import save_model
+
+# The command runs under this small Python process, which prints the peak RSS of its child last on stderr.
+# Measured from here, the child's peak would include this process's memory (torch imported): a child's high-water
+# mark counts the address space it shared with its parent before exec.
+_PEAK_RSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
 
 
 def main() -> None:
@@ -84,21 +94,24 @@ def main() -> None:
         busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.compete)]
         walls: list[float] = []
         restores: list[float] = []
+        peaks_kib: list[int] = []
         try:
             for _ in range(max(1, args.repeat)):
                 (tmp / "out.png").unlink(missing_ok=True)
                 start = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, *cmd], capture_output=True, text=True,
+                                      env=env)
                 walls.append(time.perf_counter() - start)
                 if proc.returncode != 0:
                     sys.exit(f"deblur failed ({proc.returncode}): {proc.stderr.strip()}")
+                peaks_kib.append(int(proc.stderr.strip().splitlines()[-1].split()[-1]))
                 row = json.loads(proc.stdout.splitlines()[-1])
                 restores.append(row["seconds"])
         finally:
             for p in busy:
                 p.kill()
                 p.wait()
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+    peak_rss_mib = max(peaks_kib) / 1024  # Linux: KiB
     result = {
         "model": args.model,
         "trained_weights": trained,

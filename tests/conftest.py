@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,18 @@ def serpent_cmd() -> list[str]:
     """The installed console script, run as a real subprocess."""
     exe = Path(sys.executable).with_name("serpent")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "serpent_cli"]
+
+
+@dataclass
+class NumbaCache:
+    """An empty per-user numba cache for subprocesses: their environment, and the folder they compile into."""
+
+    env: dict[str, str]
+    folder: Path
+
+
+@pytest.fixture
+def empty_numba_cache(tmp_path: Path) -> NumbaCache:
+    home = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(home)}
+    return NumbaCache(env=env, folder=home / "serpent" / "numba")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import NumbaCache
 from deblur_helpers import crop, make_weights, one_thread, run  # noqa: F401  (one_thread: fixture)
 from PIL import Image, ImageCms
 
@@ -287,11 +288,11 @@ def test_grayscale_restore_keeps_alpha(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_first_run_says_it_compiles_the_kernels(serpent_cmd: list[str], data_dir: Path, weights: Path,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, empty_numba_cache: NumbaCache) -> None:
     """With an empty per-user cache the first deblur announces the one-time compile (it takes seconds); the
     next run, loading from the cache, does not."""
     crop(data_dir, "kodak24", 3, (100, 100, 164, 148)).save(tmp_path / "in.png")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path / "c")}
+    env = empty_numba_cache.env
     said, notices = [], []
     for name in ("a.png", "b.png"):
         done = subprocess.run([*serpent_cmd, "deblur", str(tmp_path / "in.png"), "-o", str(tmp_path / name),
@@ -301,4 +302,4 @@ def test_first_run_says_it_compiles_the_kernels(serpent_cmd: list[str], data_dir
         said.append("compiling the CPU scan kernels" in done.stderr)
         notices.append(done.stderr)
     assert said == [True, False]
-    assert str(tmp_path / "c" / "serpent" / "numba") in notices[0]  # the notice names the cache folder
+    assert str(empty_numba_cache.folder) in notices[0]  # the notice names the cache folder

@@ -4,7 +4,6 @@ into one valid zlib stream, metadata survives, and files are no larger than Pill
 from __future__ import annotations
 
 import io
-import os
 import struct
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pytest
+from conftest import NumbaCache
 from PIL import Image
 
 from serpent_cli.io import png_writer
@@ -105,7 +105,7 @@ def test_bad_pixels_are_refused() -> None:
         encode_png(np.zeros((4, 4, 3), np.float32), level=4)
 
 
-def test_writer_first_in_a_process_caches_per_user_and_keeps_torchs_threads(tmp_path: Path) -> None:
+def test_writer_first_in_a_process_caches_per_user_and_keeps_torchs_threads(empty_numba_cache: NumbaCache) -> None:
     """Loaded before the scan (as in `serpent degrade`), the writer still sets numba's per-user cache up, and its
     thread pool starting does not change the thread count torch was given."""
     code = (
@@ -114,11 +114,11 @@ def test_writer_first_in_a_process_caches_per_user_and_keeps_torchs_threads(tmp_
         "data = encode_png(np.arange(3 * 40 * 50, dtype=np.uint8).reshape(40, 50, 3), level=4, threads=2)\n"
         "print(len(data), torch.get_num_threads())\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", code], env=empty_numba_cache.env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[1] == "1"
-    assert list((tmp_path / "serpent" / "numba").rglob("*filter_rows*.nbc")), "no compiled filter in the user cache"
+    assert list(empty_numba_cache.folder.rglob("*filter_rows*.nbc")), "no compiled filter in the user cache"
 
 
 def test_tiny_images_and_many_idat_chunks(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,13 +8,13 @@ photo, training steps, the thread count, and the per-user compile cache.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import NumbaCache
 
 import serpent_cli.ops.scan_numba as scan_numba
 from serpent_cli import create_model
@@ -262,7 +262,7 @@ def test_channel_blocks_divide_and_balance() -> None:
         assert not wider or batch * (channels // wider[0]) < threads  # narrowed only for the threads
 
 
-def test_compiled_code_is_cached_per_user(tmp_path: Path) -> None:
+def test_compiled_code_is_cached_per_user(empty_numba_cache: NumbaCache) -> None:
     """A fresh process compiles into $XDG_CACHE_HOME/serpent/numba; the next one loads from there."""
     code = (
         "import torch\nfrom serpent_cli.ops import selective_scan\n"
@@ -270,10 +270,10 @@ def test_compiled_code_is_cached_per_user(tmp_path: Path) -> None:
         "y = selective_scan(x, x, -torch.ones(2, 3), torch.ones(1, 1, 3, 5), torch.ones(1, 1, 3, 5), backend='numba')\n"
         "print(float(y.sum()))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path)}
+    env = empty_numba_cache.env
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
-    cached = list((tmp_path / "serpent" / "numba").rglob("*scan_forward*.nbc"))
+    cached = list(empty_numba_cache.folder.rglob("*scan_forward*.nbc"))
     assert cached, "no compiled forward kernel in the per-user cache"
     stamp = {p: p.stat().st_mtime_ns for p in cached}
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _make_console(stream: object) -> Console:
@@ -52,11 +55,11 @@ def info(message: str) -> None:
         err_console.print(escape(message))
 
 
-def announce_kernel_compile(device: object) -> None:
+def announce_kernel_compile(device: torch.device) -> None:
     """Say so before a first run compiles the CPU scan kernels (~15 s), so that it does not look stuck."""
     from serpent_cli.ops import kernels_to_compile
 
-    if kernels_to_compile(device):  # type: ignore[arg-type]
+    if kernels_to_compile(device):
         info(f"compiling the CPU scan kernels for this machine (once, about 15 s on 2 cores; cached in "
              f"{os.environ.get('NUMBA_CACHE_DIR', 'the numba cache')})")
 

@@ -435,7 +435,8 @@ def encode_picture(pic: Picture, fmt: str, *, jpeg_quality: int = 95) -> tuple[b
 
 
 def _quantise(pixels: np.ndarray, depth: int) -> np.ndarray:
-    """Float [0, 1] -> rounded integers; NaN -> 0, out of range clipped (fmax drops NaN: 3x nan_to_num + clip)."""
+    """Float [0, 1] -> rounded integers; NaN -> 0, out of range clipped.  In place after one copy: fmax maps
+    NaN to 0 by itself, so no nan_to_num pass (3x faster than nan_to_num + clip on a 4000x3000 picture)."""
     out = np.fmax(pixels, np.float32(0.0))
     np.fmin(out, np.float32(1.0), out=out)
     out *= np.float32(65535.0 if depth == 16 else 255.0)

@@ -30,19 +30,28 @@ MIN_PIECE_BYTES = 1 << 20  # below this, another thread's zlib stream costs more
 
 
 @numba.njit(inline="always")
-def _paeth(a: int, b: int, c: int) -> int:  # pragma: no cover - compiled
-    """The Paeth predictor: of left, up and up-left, the one nearest to left + up - up-left."""
-    pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+def _prediction(kind: int, a: int, b: int, c: int) -> int:  # pragma: no cover - compiled
+    """What PNG filter ``kind`` (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth) predicts from left a, up b, up-left c."""
+    if kind == 0:
+        return 0
+    if kind == 1:
+        return a
+    if kind == 2:
+        return b
+    if kind == 3:
+        return (a + b) >> 1
+    pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)  # Paeth: the one nearest to a + b - c
     if pa <= pb and pa <= pc:
         return a
     return b if pb <= pc else c
 
 
 @numba.njit(inline="always")
-def _signed_abs(v: int) -> int:  # pragma: no cover - compiled
-    """|v| of the filtered byte v mod 256 read as signed: the heuristic's cost of one byte."""
-    v &= 0xFF
-    return v if v < 128 else 256 - v
+def _neighbours(row: np.ndarray, above: np.ndarray, i: int, bpp: int) -> tuple[int, int, int, int]:  # pragma: no cover
+    """Byte i of the row and its left, up and up-left neighbours (0 beyond the left edge)."""
+    left = i >= bpp
+    return (np.int32(row[i]), np.int32(row[i - bpp]) if left else np.int32(0), np.int32(above[i]),
+            np.int32(above[i - bpp]) if left else np.int32(0))
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -56,31 +65,15 @@ def filter_rows(rows: np.ndarray, bpp: int, out: np.ndarray) -> None:  # pragma:
         above = rows[y - 1] if y > 0 else zero
         costs = np.zeros(5, np.int64)
         for i in range(width):
-            x, b = np.int32(row[i]), np.int32(above[i])
-            a = np.int32(row[i - bpp]) if i >= bpp else np.int32(0)
-            c = np.int32(above[i - bpp]) if i >= bpp else np.int32(0)
-            costs[0] += _signed_abs(x)
-            costs[1] += _signed_abs(x - a)
-            costs[2] += _signed_abs(x - b)
-            costs[3] += _signed_abs(x - ((a + b) >> 1))
-            costs[4] += _signed_abs(x - _paeth(a, b, c))
+            x, a, b, c = _neighbours(row, above, i, bpp)
+            for kind in range(5):
+                v = (x - _prediction(kind, a, b, c)) & 0xFF
+                costs[kind] += v if v < 128 else 256 - v  # |v| read as a signed byte
         best = np.argmin(costs)  # the first of equal costs, as in libpng
         out[y, 0] = best
         for i in range(width):
-            x, b = np.int32(row[i]), np.int32(above[i])
-            a = np.int32(row[i - bpp]) if i >= bpp else np.int32(0)
-            c = np.int32(above[i - bpp]) if i >= bpp else np.int32(0)
-            if best == 0:
-                v = x
-            elif best == 1:
-                v = x - a
-            elif best == 2:
-                v = x - b
-            elif best == 3:
-                v = x - ((a + b) >> 1)
-            else:
-                v = x - _paeth(a, b, c)
-            out[y, i + 1] = v & 0xFF
+            x, a, b, c = _neighbours(row, above, i, bpp)
+            out[y, i + 1] = (x - _prediction(best, a, b, c)) & 0xFF
 
 
 def chunk(kind: bytes, payload: bytes) -> bytes:

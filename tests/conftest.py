@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from numba_cache import NumbaCache
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SERPENT_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -29,14 +29,6 @@ def serpent_cmd() -> list[str]:
     """The installed console script, run as a real subprocess."""
     exe = Path(sys.executable).with_name("serpent")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "serpent_cli"]
-
-
-@dataclass
-class NumbaCache:
-    """An empty per-user numba cache for subprocesses: their environment, and the folder they compile into."""
-
-    env: dict[str, str]
-    folder: Path
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import NumbaCache
 from deblur_helpers import crop, make_weights, one_thread, run  # noqa: F401  (one_thread: fixture)
+from numba_cache import NumbaCache
 from PIL import Image, ImageCms
 
 from serpent_cli.io.imageio import ORIENTATION_TAG, read_picture

@@ -13,7 +13,7 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pytest
-from conftest import NumbaCache
+from numba_cache import NumbaCache
 from PIL import Image
 
 from serpent_cli.io import png_writer

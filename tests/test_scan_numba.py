@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NumbaCache
+from numba_cache import NumbaCache
 
 import serpent_cli.ops.scan_numba as scan_numba
 from serpent_cli import create_model

@@ -1,0 +1,104 @@
+"""Checks of the scan kernels' explicit SIMD paths (serpent_cli.ops.numba_simd), for this process's CPU target.
+
+Imported by ``test_scan_numba.py`` and also run as a script in a subprocess compiled for a generic
+CPU (``NUMBA_CPU_NAME=generic``), so both 2^x methods are exercised on an AVX-512 machine: vscalefps
+here, the exponent-bit trick there.  ``python tests/simd_check.py OUT.npz`` writes the float32
+kernel outputs of :func:`kernel_outputs` for the parent test to compare.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# isort: off
+from serpent_cli import numba_setup  # noqa: F401  (numba's cache folder and CPU target first)
+# isort: on
+import numba
+import numpy as np
+
+from serpent_cli.ops import numba_kernels as kernels
+from serpent_cli.ops.numba_simd import forward_simd
+
+SEGMENT = 8
+# (channels, block): every vector width the SIMD path has (1-4 vectors), two or more blocks where possible.
+BLOCKS = ((96, 16), (96, 32), (96, 48), (64, 64))
+
+
+@numba.njit
+def _vector_exp2(x, bounded):  # type: ignore[no-untyped-def]
+    """2^x through the forward state update with h = 1, du = 0 (so h becomes the decay 2^(1 * x))."""
+    out = np.empty_like(x)
+    h = np.empty((1, 16), np.float32)
+    a2 = np.empty((1, 16), np.float32)
+    ones = np.ones(16, np.float32)
+    zeros = np.zeros(16, np.float32)
+    bc = np.zeros(1, np.float32)
+    acc = np.zeros(16, np.float32)
+    for i in range(0, x.size, 16):
+        h[0, :] = 1.0
+        a2[0, :] = x[i : i + 16]
+        if forward_simd(h, a2, bc, bc, ones, zeros, acc, bounded) != 16:
+            raise AssertionError("the SIMD path did not run")
+        out[i : i + 16] = h[0]
+    return out
+
+
+def check_exp2() -> None:
+    """Within 2.5e-7 relative where float32 is normal; tiny (<= 2^-126) far below; NaN stays NaN."""
+    for bounded, high in ((True, 0.0), (False, 126.9)):
+        x = np.concatenate([np.linspace(-125.9, high, 160_000), np.linspace(-1, 1, 16_000)]).astype(np.float32)
+        got = _vector_exp2(x, bounded)
+        err = np.abs(got / np.exp2(x.astype(np.float64)) - 1).max()
+        assert err < 2.5e-7, f"2^x relative error {err:.2e} (bounded={bounded})"
+        edges = _vector_exp2(np.array([-1e30, -200.0, -np.inf, np.nan] + [-1.0] * 12, np.float32), bounded)
+        assert np.all((edges[:3] >= 0) & (edges[:3] <= 2.0**-126 * (1 + 1e-6))), edges[:3]
+        assert np.isnan(edges[3])
+
+
+def _inputs(channels: int, dtype: type) -> list[np.ndarray]:
+    """Kernel-layout inputs (directional, low-rank delta): batch 2, 37 positions (5 segments), N = 5, R = 3."""
+    rng = np.random.default_rng(channels)
+    b, length, n, r = 2, 37, 5, 3
+    arrays = [
+        rng.standard_normal((b, 2, length, channels)),
+        rng.standard_normal((b, 2, length, 2, r)) * 0.5,
+        rng.standard_normal((4, r, channels)) * 0.5,
+        -rng.random((4, channels, n)) * 2 - 0.05,
+        rng.standard_normal((b, 2, length, 2, n)),
+        rng.standard_normal((b, 2, length, 2, n)),
+        rng.standard_normal((4, channels)),
+        rng.standard_normal((4, channels)) * 0.5,
+        rng.standard_normal((b, 2, length, channels)),  # grad of y
+    ]
+    return [a.astype(dtype) for a in arrays]
+
+
+def kernel_outputs(channels: int, block: int, dtype: type) -> list[np.ndarray]:
+    """y and the eight gradients of scan_forward / scan_backward, partials summed."""
+    u, delta, weight, A, Bm, Cm, D, bias, grad_y = _inputs(channels, dtype)
+    b, _, length, _ = u.shape
+    n, r = A.shape[2], weight.shape[1]
+    blocks = channels // block
+    y = np.empty_like(u)
+    saved = np.empty((b, 4, -(-length // SEGMENT), n, channels), dtype)
+    kernels.scan_forward(u, delta, weight, A, Bm, Cm, D, bias, True, True, block, SEGMENT, y, saved)
+    grads = [np.empty_like(u), np.empty((blocks, *delta.shape), dtype), np.empty((b, 4, r, channels), dtype),
+             np.empty((b, 4, channels, n), dtype), np.empty((blocks, *Bm.shape), dtype),
+             np.empty((blocks, *Cm.shape), dtype), np.empty((b, 4, channels), dtype), np.empty((b, 4, channels), dtype)]
+    kernels.scan_backward(u, delta, weight, A, Bm, Cm, D, bias, True, True, block, SEGMENT, saved, grad_y, *grads)
+    return [y, grads[0], *(g.sum(0) for g in grads[1:])]
+
+
+def compare(got: list[np.ndarray], want: list[np.ndarray], what: str) -> None:
+    """float32 against float64: each output within 2e-5 of its largest magnitude."""
+    names = "y u delta dt_weight A B C D bias".split()
+    for name, a, w in zip(names, got, want, strict=True):
+        err = np.abs(a - w).max() / np.abs(w).max()
+        assert err < 2e-5, f"{what}: {name} differs by {err:.1e} (relative to its largest value)"
+
+
+if __name__ == "__main__":
+    check_exp2()
+    results = {f"{c}_{blk}_{i}": out for c, blk in BLOCKS
+               for i, out in enumerate(kernel_outputs(c, blk, np.float32))}
+    np.savez(sys.argv[1], **results)

@@ -55,9 +55,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
-from serpent_cli.ops.numba_simd import EXP2_COEFFS, adjoint_simd, forward_simd, recompute_simd
+from serpent_cli.ops.numba_simd import EXP2_COEFFS, LOG2E, adjoint_simd, forward_simd, position_simd, recompute_simd
 
-LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 # Not "fast": no-NaN / no-inf flags would let LLVM drop the clamps and break NaN propagation
@@ -271,6 +270,11 @@ def scan_forward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional,
                     for n in range(n_state):
                         saved[b, k, t // segment, n, e0 : e0 + block] = h[n]
                 p = position(j, t, length)
+                yrow = y[b, q, p, e0 : e0 + block]
+                if position_simd(h, a2, Bm[b, q, p, group], Cm[b, q, p, group], u[b, q, p, e0 : e0 + block],
+                                 delta[b, q, p, j], dt_weight[k, :, e0 : e0 + block], bk, dk, yrow, j == 0, softplus,
+                                 bounded) > 0:
+                    continue
                 urow = u[b, q, p, e0 : e0 + block]
                 raw_delta(delta, dt_weight, b, q, p, j, k, e0, bk, raws)
                 for e in range(block):
@@ -292,7 +296,6 @@ def scan_forward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional,
                             hn = decay_factor(dt[e] * arow[e], bounded) * hrow[e] + du[e] * bn
                             hrow[e] = hn
                             acc[e] += cn * hn
-                yrow = y[b, q, p, e0 : e0 + block]
                 if j == 0:
                     yrow[:] = acc
                 else:

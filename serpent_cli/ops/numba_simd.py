@@ -38,6 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 LANES = 16
+LOG2E = 1.4426950408889634
 WIDE = 4  # at most 4 vectors per block: 64 channels (scan_numba.MAX_BLOCK)
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
@@ -104,6 +105,20 @@ class Lanes:
         fn = cgutils.get_or_insert_function(self.b.module, fnty, "llvm.vector.reduce.fadd.v16f32")
         return self.b.call(fn, [ir.Constant(F32, -0.0), v], fastmath=REDUCE_FLAGS)
 
+    def softplus(self, x: ir.Value) -> ir.Value:
+        """log(1 + e^x) per lane, as numba_kernels.softplus_parts: max(x, 0) + 2 atanh(z / (2 + z)), z = e^-|x|."""
+        fabs = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(VF, [VF]), "llvm.fabs.v16f32")
+        z = self.exp2(self.mul(self.b.call(fabs, [x]), self.const(-LOG2E)), clamp_high=False)
+        s = self.b.fdiv(z, self.add(self.const(2.0), z), flags=FLAGS)
+        s2 = self.mul(s, s)
+        series = self.const(1 / 15)
+        for k in (13, 11, 9, 7, 5, 3):
+            series = self.fma(s2, series, self.const(1 / k))
+        series = self.mul(s, self.fma(s2, series, self.const(1.0)))
+        zero = self.const(0.0)
+        positive = self.b.select(self.b.fcmp_ordered("<", x, zero, flags=FLAGS), zero, x)
+        return self.fma(self.const(2.0), series, positive)
+
     def exp2(self, x: ir.Value, clamp_high: bool) -> ir.Value:
         """2^x per lane, 2 ulp; ``clamp_high`` False when x <= 0 is known (a decay's exponent)."""
         c = [self.const(v) for v in EXP2_COEFFS]
@@ -162,13 +177,14 @@ class Arrays:
         return self.b.load(ptr)
 
 
-def _whole_block(body: Callable, arrays: tuple, bounded: types.Type):  # type: ignore[type-arg,no-untyped-def]
-    """Typing and code generation of an intrinsic ``f(*arrays, bounded) -> intp`` that runs ``body`` on a block.
+def _whole_block(body: Callable, arrays: tuple, scalars: tuple, condition: Callable | None = None):  # type: ignore[type-arg,no-untyped-def]
+    """Typing and code generation of an intrinsic ``f(*arrays, *scalars) -> intp`` running ``body`` on a block.
 
     The block width is the first array's last dimension.  Float32 blocks of 16, 32, 48 or 64 channels
     run as 1-4 vectors (one copy of the code each) and return the width; anything else (float64, other
-    widths) returns 0 and the caller's scalar loop does the work.  ``body(lanes, arrays, lane0s,
-    bounded)`` generates the code for the vectors starting at channels ``lane0s``.
+    widths, or ``condition(arrays, scalars)`` false at run time) returns 0 and the caller's scalar loop
+    does the work.  ``body(lanes, arrays, lane0s, scalars)`` generates the code for the vectors starting
+    at channels ``lane0s``.
     """
     if not all(isinstance(a, types.Array) for a in arrays):
         return None
@@ -182,14 +198,17 @@ def _whole_block(body: Callable, arrays: tuple, bounded: types.Type):  # type: i
             return builder.load(done)
         lanes = Lanes(context, builder, has_avx512(context))
         arrs = Arrays(context, builder, signature.args[:n_arrays], llargs[:n_arrays])
+        llscalars = list(llargs[n_arrays:])
         width = arrs.shape(0)[-1]
+        ready = condition(arrs, llscalars) if condition is not None else cgutils.true_bit
         for count in range(1, WIDE + 1):
-            with builder.if_then(builder.icmp_signed("==", width, ir.Constant(intp, LANES * count))):
-                body(lanes, arrs, [ir.Constant(intp, LANES * v) for v in range(count)], llargs[n_arrays])
+            fits = builder.icmp_signed("==", width, ir.Constant(intp, LANES * count))
+            with builder.if_then(builder.and_(ready, fits)):
+                body(lanes, arrs, [ir.Constant(intp, LANES * v) for v in range(count)], llscalars)
                 builder.store(width, done)
         return builder.load(done)
 
-    return types.intp(*arrays, bounded), codegen
+    return types.intp(*arrays, *scalars), codegen
 
 
 def _state_loop(lanes: Lanes, n_state: ir.Value, bounded: ir.Value, step: Callable) -> None:  # type: ignore[type-arg]
@@ -205,31 +224,74 @@ def _state_loop(lanes: Lanes, n_state: ir.Value, bounded: ir.Value, step: Callab
                 step(loop.index, clamp_high)
 
 
-def _forward(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], bounded: ir.Value) -> None:
-    """h[n] = 2^(dt a2[n]) h[n] + du B[n]; acc += C[n] h[n], over n (arrays: h, a2, B, C, dt, du, acc)."""
+def _update_states(lanes: Lanes, arrs: Arrays, rows: tuple[int, int, int, int], lane0s: list[ir.Value],
+                   dt: list[ir.Value], du: list[ir.Value], acc: list[ir.Value], bounded: ir.Value) -> None:
+    """h[n] = 2^(dt a2[n]) h[n] + du B[n]; acc += C[n] h[n], over n; ``rows`` index h, a2, B, C in ``arrs``.
+
+    dt, du: one vector per lane group; acc: one stack slot per lane group (kept in registers by LLVM).
+    """
     b = lanes.b
-    dt = [lanes.load(arrs.row(4), e) for e in lane0s]
-    du = [lanes.load(arrs.row(5), e) for e in lane0s]
-    acc = [cgutils.alloca_once_value(b, lanes.load(arrs.row(6), e)) for e in lane0s]
+    ih, ia, ib, ic = rows
 
     def step(n: ir.Value, clamp_high: bool) -> None:
-        h, a2 = arrs.row(0, n), arrs.row(1, n)
-        bn, cn = lanes.splat(arrs.item(2, n)), lanes.splat(arrs.item(3, n))
+        h, a2 = arrs.row(ih, n), arrs.row(ia, n)
+        bn, cn = lanes.splat(arrs.item(ib, n)), lanes.splat(arrs.item(ic, n))
         for v, e in enumerate(lane0s):
             decay = lanes.exp2(lanes.mul(dt[v], lanes.load(a2, e)), clamp_high)
             hn = lanes.fma(decay, lanes.load(h, e), lanes.mul(du[v], bn))
             lanes.store(hn, h, e)
             b.store(lanes.fma(cn, hn, b.load(acc[v])), acc[v])
 
-    _state_loop(lanes, arrs.shape(0)[0], bounded, step)
+    _state_loop(lanes, arrs.shape(ih)[0], bounded, step)
+
+
+def _forward(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+    """The state loop of one position (arrays: h, a2, B, C, dt, du, acc; scalar: bounded); acc updated."""
+    b = lanes.b
+    dt = [lanes.load(arrs.row(4), e) for e in lane0s]
+    du = [lanes.load(arrs.row(5), e) for e in lane0s]
+    acc = [cgutils.alloca_once_value(b, lanes.load(arrs.row(6), e)) for e in lane0s]
+    _update_states(lanes, arrs, (0, 1, 2, 3), lane0s, dt, du, acc, scalars[0])
     for v, e in enumerate(lane0s):
         lanes.store(b.load(acc[v]), arrs.row(6), e)
 
 
-def _recompute(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], bounded: ir.Value) -> None:
+def _position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+    """A whole forward step with a low-rank delta and softplus, every per-position value in registers.
+
+    Arrays: h, a2 (N, block); B, C (N,); u (block,); dts (R,), the dt_proj input; W (R, block), its
+    weight; bias, D (block,); y (block,).  Scalars: first (the walk's first pass over y: store, else
+    add), softplus, bounded.  delta = softplus(bias + dts @ W); acc = D u, plus the state loop; y gets acc.
+    """
+    b = lanes.b
+    first, bounded = scalars[0], scalars[2]
+    raw = [cgutils.alloca_once_value(b, lanes.load(arrs.row(7), e)) for e in lane0s]
+    with cgutils.for_range(b, arrs.shape(6)[0]) as loop:
+        x = lanes.splat(arrs.item(5, loop.index))
+        w = arrs.row(6, loop.index)
+        for v, e in enumerate(lane0s):
+            b.store(lanes.fma(x, lanes.load(w, e), b.load(raw[v])), raw[v])
+    dt = [lanes.softplus(b.load(r)) for r in raw]
+    u = [lanes.load(arrs.row(4), e) for e in lane0s]
+    du = [lanes.mul(d, x) for d, x in zip(dt, u, strict=True)]
+    acc = [cgutils.alloca_once_value(b, lanes.mul(lanes.load(arrs.row(8), e), x))
+           for e, x in zip(lane0s, u, strict=True)]
+    _update_states(lanes, arrs, (0, 1, 2, 3), lane0s, dt, du, acc, bounded)
+    y = arrs.row(9)
+    with b.if_else(first) as (then, otherwise):
+        with then:
+            for v, e in enumerate(lane0s):
+                lanes.store(b.load(acc[v]), y, e)
+        with otherwise:
+            for v, e in enumerate(lane0s):
+                lanes.store(lanes.add(lanes.load(y, e), b.load(acc[v])), y, e)
+
+
+def _recompute(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
     """decay[n] = 2^(dt a2[n]); nxt[n] = decay[n] prev[n] + du B[n] (arrays: prev, nxt, decay, a2, B, dt, du)."""
     dt = [lanes.load(arrs.row(5), e) for e in lane0s]
     du = [lanes.load(arrs.row(6), e) for e in lane0s]
+    bounded = scalars[0]
 
     def step(n: ir.Value, clamp_high: bool) -> None:
         prev, nxt, dec, a2 = arrs.row(0, n), arrs.row(1, n), arrs.row(2, n), arrs.row(3, n)
@@ -242,7 +304,7 @@ def _recompute(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], bounded: ir.V
     _state_loop(lanes, arrs.shape(0)[0], bounded, step)
 
 
-def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], bounded: ir.Value) -> None:
+def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
     """One position of the backward's adjoint, over n (see numba_kernels.scan_backward, step 2).
 
     Arrays: g, gA, decay, prev, cur, ak (N, block); B, C, gB, gC (N,); gy, du, dt, gdu, gdt (block,).
@@ -255,6 +317,7 @@ def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], bounded: ir.Val
     gdu = [cgutils.alloca_once_value(b, lanes.load(arrs.row(13), e)) for e in lane0s]
     gdt = [cgutils.alloca_once_value(b, lanes.load(arrs.row(14), e)) for e in lane0s]
     gb_row, gc_row = arrs.row(8), arrs.row(9)
+    bounded = scalars[0]
 
     def step(n: ir.Value, clamp_high: bool) -> None:
         g, ga, dec, prev, cur, ak = (arrs.row(i, n) for i in range(6))
@@ -286,15 +349,30 @@ def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], bounded: ir.Val
 
 
 @intrinsic
+def position_simd(typingctx, h, a2, brow, crow, urow, dts, weight, bias, D, yrow, first, softplus, bounded):  # type: ignore[no-untyped-def]
+    """One whole forward step of scan_forward (low-rank delta, softplus): see :func:`_position`.
+
+    Returns 0 (the kernel's own code runs) unless softplus is on and the delta is low-rank (R > 0).
+    """
+
+    def low_rank_softplus(arrs: Arrays, scalars: list[ir.Value]) -> ir.Value:
+        rank = arrs.shape(6)[0]
+        return arrs.b.and_(scalars[1], arrs.b.icmp_signed(">", rank, ir.Constant(rank.type, 0)))
+
+    return _whole_block(_position, (h, a2, brow, crow, urow, dts, weight, bias, D, yrow), (first, softplus, bounded),
+                        low_rank_softplus)
+
+
+@intrinsic
 def forward_simd(typingctx, h, a2, brow, crow, dt, du, acc, bounded):  # type: ignore[no-untyped-def]
     """scan_forward's state loop at one position: see :func:`_forward`."""
-    return _whole_block(_forward, (h, a2, brow, crow, dt, du, acc), bounded)
+    return _whole_block(_forward, (h, a2, brow, crow, dt, du, acc), (bounded,))
 
 
 @intrinsic
 def recompute_simd(typingctx, prev, nxt, decay, a2, brow, dt, du, bounded):  # type: ignore[no-untyped-def]
     """scan_backward's state recompute at one position: see :func:`_recompute`."""
-    return _whole_block(_recompute, (prev, nxt, decay, a2, brow, dt, du), bounded)
+    return _whole_block(_recompute, (prev, nxt, decay, a2, brow, dt, du), (bounded,))
 
 
 @intrinsic
@@ -302,5 +380,5 @@ def adjoint_simd(typingctx, g, ga, decay, prev, cur, ak, brow, crow, gbrow, gcro
                  bounded):
     """scan_backward's adjoint at one position: see :func:`_adjoint`."""
     return _whole_block(_adjoint, (g, ga, decay, prev, cur, ak, brow, crow, gbrow, gcrow, gy, du, dt, gdu, gdt),
-                        bounded)
+                        (bounded,))
 

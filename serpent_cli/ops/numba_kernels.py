@@ -55,7 +55,16 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
-from serpent_cli.ops.numba_simd import EXP2_COEFFS, LOG2E, adjoint_simd, forward_simd, position_simd, recompute_simd
+from serpent_cli.ops.numba_simd import (
+    EXP2_COEFFS,
+    LOG2E,
+    adjoint_position_simd,
+    adjoint_simd,
+    forward_simd,
+    position_simd,
+    recompute_position_simd,
+    recompute_simd,
+)
 
 LN2 = 0.6931471805599453
 
@@ -378,6 +387,10 @@ def scan_backward(  # type: ignore[no-untyped-def]
                     urow = u[b, q, p, e0 : e0 + block]
                     dtrow = dts[i]
                     sigrow = sigs[i]
+                    if recompute_position_simd(states[i], states[i + 1], decays[i], a2, Bm[b, q, p, group], urow,
+                                               delta[b, q, p, j], dt_weight[k, :, e0 : e0 + block], bk, dtrow, sigrow,
+                                               softplus, bounded) > 0:
+                        continue
                     raw_delta(delta, dt_weight, b, q, p, j, k, e0, bk, raws)
                     for e in range(block):
                         raw = raws[e]
@@ -406,14 +419,19 @@ def scan_backward(  # type: ignore[no-untyped-def]
                     urow = u[b, q, p, e0 : e0 + block]
                     gyrow = grad_y[b, q, p, e0 : e0 + block]
                     dtrow = dts[i]
-                    for e in range(block):
-                        du[e] = dtrow[e] * urow[e]
-                        gdt[e] = 0.0
-                        gdu[e] = 0.0
                     brow = Bm[b, q, p, group]
                     crow = Cm[b, q, p, group]
                     gbrow = grad_B[blk, b, q, p, group]
                     gcrow = grad_C[blk, b, q, p, group]
+                    if adjoint_position_simd(g, gA, decays[i], states[i], states[i + 1], ak, brow, crow, gbrow, gcrow,
+                                             gyrow, urow, dtrow, sigs[i], dk, grad_u[b, q, p, e0 : e0 + block], gbias,
+                                             gD, delta[b, q, p, j], dt_weight[k, :, e0 : e0 + block], gW,
+                                             grad_delta[gslot, b, q, p, j], bounded) > 0:
+                        continue
+                    for e in range(block):
+                        du[e] = dtrow[e] * urow[e]
+                        gdt[e] = 0.0
+                        gdu[e] = 0.0
                     if adjoint_simd(g, gA, decays[i], states[i], states[i + 1], ak, brow, crow, gbrow, gcrow, gyrow,
                                     du, dtrow, gdu, gdt, bounded) == 0:
                         for n in range(n_state):

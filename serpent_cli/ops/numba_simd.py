@@ -105,8 +105,11 @@ class Lanes:
         fn = cgutils.get_or_insert_function(self.b.module, fnty, "llvm.vector.reduce.fadd.v16f32")
         return self.b.call(fn, [ir.Constant(F32, -0.0), v], fastmath=REDUCE_FLAGS)
 
-    def softplus(self, x: ir.Value) -> ir.Value:
-        """log(1 + e^x) per lane, as numba_kernels.softplus_parts: max(x, 0) + 2 atanh(z / (2 + z)), z = e^-|x|."""
+    def softplus(self, x: ir.Value, slope: bool = False):  # type: ignore[no-untyped-def]
+        """log(1 + e^x) per lane, as numba_kernels.softplus_parts: max(x, 0) + 2 atanh(z / (2 + z)), z = e^-|x|.
+
+        With ``slope``, (softplus, sigmoid) as a pair: the sigmoid is 1 / (1 + z), times z where x < 0.
+        """
         fabs = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(VF, [VF]), "llvm.fabs.v16f32")
         z = self.exp2(self.mul(self.b.call(fabs, [x]), self.const(-LOG2E)), clamp_high=False)
         s = self.b.fdiv(z, self.add(self.const(2.0), z), flags=FLAGS)
@@ -116,8 +119,12 @@ class Lanes:
             series = self.fma(s2, series, self.const(1 / k))
         series = self.mul(s, self.fma(s2, series, self.const(1.0)))
         zero = self.const(0.0)
-        positive = self.b.select(self.b.fcmp_ordered("<", x, zero, flags=FLAGS), zero, x)
-        return self.fma(self.const(2.0), series, positive)
+        negative = self.b.fcmp_ordered("<", x, zero, flags=FLAGS)
+        value = self.fma(self.const(2.0), series, self.b.select(negative, zero, x))
+        if not slope:
+            return value
+        sig = self.b.fdiv(self.const(1.0), self.add(self.const(1.0), z), flags=FLAGS)
+        return value, self.b.select(negative, self.mul(z, sig), sig)
 
     def exp2(self, x: ir.Value, clamp_high: bool) -> ir.Value:
         """2^x per lane, 2 ulp; ``clamp_high`` False when x <= 0 is known (a decay's exponent)."""
@@ -265,13 +272,7 @@ def _position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[
     """
     b = lanes.b
     first, bounded = scalars[0], scalars[2]
-    raw = [cgutils.alloca_once_value(b, lanes.load(arrs.row(7), e)) for e in lane0s]
-    with cgutils.for_range(b, arrs.shape(6)[0]) as loop:
-        x = lanes.splat(arrs.item(5, loop.index))
-        w = arrs.row(6, loop.index)
-        for v, e in enumerate(lane0s):
-            b.store(lanes.fma(x, lanes.load(w, e), b.load(raw[v])), raw[v])
-    dt = [lanes.softplus(b.load(r)) for r in raw]
+    dt = [lanes.softplus(raw) for raw in _low_rank_delta(lanes, arrs, 5, 6, 7, lane0s)]
     u = [lanes.load(arrs.row(4), e) for e in lane0s]
     du = [lanes.mul(d, x) for d, x in zip(dt, u, strict=True)]
     acc = [cgutils.alloca_once_value(b, lanes.mul(lanes.load(arrs.row(8), e), x))
@@ -287,37 +288,73 @@ def _position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[
                 lanes.store(lanes.add(lanes.load(y, e), b.load(acc[v])), y, e)
 
 
-def _recompute(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
-    """decay[n] = 2^(dt a2[n]); nxt[n] = decay[n] prev[n] + du B[n] (arrays: prev, nxt, decay, a2, B, dt, du)."""
-    dt = [lanes.load(arrs.row(5), e) for e in lane0s]
-    du = [lanes.load(arrs.row(6), e) for e in lane0s]
-    bounded = scalars[0]
+def _low_rank_delta(lanes: Lanes, arrs: Arrays, dts: int, weight: int, bias: int,
+                    lane0s: list[ir.Value]) -> list[ir.Value]:
+    """bias + dts @ W per lane group (arrays: dts (R,), W (R, block), bias (block,)), the raw delta."""
+    b = lanes.b
+    raw = [cgutils.alloca_once_value(b, lanes.load(arrs.row(bias), e)) for e in lane0s]
+    with cgutils.for_range(b, arrs.shape(weight)[0]) as loop:
+        x = lanes.splat(arrs.item(dts, loop.index))
+        w = arrs.row(weight, loop.index)
+        for v, e in enumerate(lane0s):
+            b.store(lanes.fma(x, lanes.load(w, e), b.load(raw[v])), raw[v])
+    return [b.load(r) for r in raw]
+
+
+def _low_rank_softplus(arrs: Arrays, scalars: list[ir.Value], weight: int, softplus: int | None) -> ir.Value:
+    """The run-time condition of the whole-position intrinsics: a low-rank delta (R > 0) [and softplus on]."""
+    rank = arrs.shape(weight)[0]
+    ready = arrs.b.icmp_signed(">", rank, ir.Constant(rank.type, 0))
+    return ready if softplus is None else arrs.b.and_(scalars[softplus], ready)
+
+
+def _recompute_states(lanes: Lanes, arrs: Arrays, rows: tuple[int, int, int, int, int], lane0s: list[ir.Value],
+                      dt: list[ir.Value], du: list[ir.Value], bounded: ir.Value) -> None:
+    """decay[n] = 2^(dt a2[n]); nxt[n] = decay[n] prev[n] + du B[n]; ``rows`` index prev, nxt, decay, a2, B."""
+    ip, inx, idc, ia, ib = rows
 
     def step(n: ir.Value, clamp_high: bool) -> None:
-        prev, nxt, dec, a2 = arrs.row(0, n), arrs.row(1, n), arrs.row(2, n), arrs.row(3, n)
-        bn = lanes.splat(arrs.item(4, n))
+        prev, nxt, dec, a2 = arrs.row(ip, n), arrs.row(inx, n), arrs.row(idc, n), arrs.row(ia, n)
+        bn = lanes.splat(arrs.item(ib, n))
         for v, e in enumerate(lane0s):
             decay = lanes.exp2(lanes.mul(dt[v], lanes.load(a2, e)), clamp_high)
             lanes.store(decay, dec, e)
             lanes.store(lanes.fma(decay, lanes.load(prev, e), lanes.mul(du[v], bn)), nxt, e)
 
-    _state_loop(lanes, arrs.shape(0)[0], bounded, step)
+    _state_loop(lanes, arrs.shape(ip)[0], bounded, step)
 
 
-def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
-    """One position of the backward's adjoint, over n (see numba_kernels.scan_backward, step 2).
+def _recompute(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+    """The states of one position from the previous ones (arrays: prev, nxt, decay, a2, B, dt, du; scalar: bounded)."""
+    dt = [lanes.load(arrs.row(5), e) for e in lane0s]
+    du = [lanes.load(arrs.row(6), e) for e in lane0s]
+    _recompute_states(lanes, arrs, (0, 1, 2, 3, 4), lane0s, dt, du, scalars[0])
 
-    Arrays: g, gA, decay, prev, cur, ak (N, block); B, C, gB, gC (N,); gy, du, dt, gdu, gdt (block,).
-    gdu and gdt are accumulated here (they come in zeroed); gB[n], gC[n] are written.
+
+def _recompute_position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+    """A whole recompute step with a low-rank delta and softplus (scan_backward, step 1).
+
+    Arrays: prev, nxt, decay, a2 (N, block); B (N,); u (block,); dts (R,); W (R, block); bias (block,);
+    dt_out, sig_out (block,), written: the delta and softplus' slope, which the adjoint reuses.
+    Scalars: softplus, bounded.
+    """
+    dt, sig = zip(*(lanes.softplus(raw, slope=True) for raw in _low_rank_delta(lanes, arrs, 6, 7, 8, lane0s)),
+                  strict=True)
+    for v, e in enumerate(lane0s):
+        lanes.store(dt[v], arrs.row(9), e)
+        lanes.store(sig[v], arrs.row(10), e)
+    du = [lanes.mul(d, lanes.load(arrs.row(5), e)) for d, e in zip(dt, lane0s, strict=True)]
+    _recompute_states(lanes, arrs, (0, 1, 2, 3, 4), lane0s, list(dt), du, scalars[1])
+
+
+def _adjoint_states(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], gy: list[ir.Value], du: list[ir.Value],
+                    dt: list[ir.Value], gdu: list[ir.Value], gdt: list[ir.Value], bounded: ir.Value) -> None:
+    """The adjoint over n at one position; arrays 0-9: g, gA, decay, prev, cur, ak (N, block), B, C, gB, gC (N,).
+
+    gdu, gdt: stack slots accumulated here; gB[n], gC[n] are written (sums over the block's channels).
     """
     b = lanes.b
-    gy = [lanes.load(arrs.row(10), e) for e in lane0s]
-    du = [lanes.load(arrs.row(11), e) for e in lane0s]
-    dt = [lanes.load(arrs.row(12), e) for e in lane0s]
-    gdu = [cgutils.alloca_once_value(b, lanes.load(arrs.row(13), e)) for e in lane0s]
-    gdt = [cgutils.alloca_once_value(b, lanes.load(arrs.row(14), e)) for e in lane0s]
     gb_row, gc_row = arrs.row(8), arrs.row(9)
-    bounded = scalars[0]
 
     def step(n: ir.Value, clamp_high: bool) -> None:
         g, ga, dec, prev, cur, ak = (arrs.row(i, n) for i in range(6))
@@ -339,9 +376,59 @@ def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[i
         b.store(lanes.hsum(sum_c), b.gep(gc_row, [n]))
 
     _state_loop(lanes, arrs.shape(0)[0], bounded, step)
+
+
+def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+    """One position of the backward's adjoint, over n (see numba_kernels.scan_backward, step 2).
+
+    Arrays: g, gA, decay, prev, cur, ak (N, block); B, C, gB, gC (N,); gy, du, dt, gdu, gdt (block,).
+    gdu and gdt are accumulated here (they come in zeroed); gB[n], gC[n] are written.
+    """
+    b = lanes.b
+    gy = [lanes.load(arrs.row(10), e) for e in lane0s]
+    du = [lanes.load(arrs.row(11), e) for e in lane0s]
+    dt = [lanes.load(arrs.row(12), e) for e in lane0s]
+    gdu = [cgutils.alloca_once_value(b, lanes.load(arrs.row(13), e)) for e in lane0s]
+    gdt = [cgutils.alloca_once_value(b, lanes.load(arrs.row(14), e)) for e in lane0s]
+    _adjoint_states(lanes, arrs, lane0s, gy, du, dt, gdu, gdt, scalars[0])
     for v, e in enumerate(lane0s):
         lanes.store(b.load(gdu[v]), arrs.row(13), e)
         lanes.store(b.load(gdt[v]), arrs.row(14), e)
+
+
+def _adjoint_position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+    """A whole adjoint step with a low-rank delta (scan_backward, step 2, and the gradients it feeds).
+
+    Arrays 0-9 as :func:`_adjoint_states`; then gy, u, dt, sig, D (block,); gu, gbias, gD (block,),
+    accumulated; dts (R,); W (R, block); gW (R, block), accumulated; gdts (R,), written.  Scalar: bounded.
+    """
+    b = lanes.b
+    gy, u, dt, sig, dk = ([lanes.load(arrs.row(i), e) for e in lane0s] for i in range(10, 15))
+    du = [lanes.mul(d, x) for d, x in zip(dt, u, strict=True)]
+    zero = lanes.const(0.0)
+    gdu = [cgutils.alloca_once_value(b, zero) for _ in lane0s]
+    gdt = [cgutils.alloca_once_value(b, zero) for _ in lane0s]
+    _adjoint_states(lanes, arrs, lane0s, gy, du, dt, gdu, gdt, scalars[0])
+    graw = []
+    for v, e in enumerate(lane0s):
+        g_du, g_dt = b.load(gdu[v]), b.load(gdt[v])
+        gu, gbias, gd = arrs.row(15), arrs.row(16), arrs.row(17)
+        lanes.store(lanes.add(lanes.load(gu, e), lanes.fma(g_du, dt[v], lanes.mul(dk[v], gy[v]))), gu, e)
+        raw = lanes.mul(lanes.fma(g_du, u[v], g_dt), sig[v])
+        graw.append(raw)
+        lanes.store(lanes.add(lanes.load(gbias, e), raw), gbias, e)
+        lanes.store(lanes.fma(gy[v], u[v], lanes.load(gd, e)), gd, e)
+    gdts = arrs.row(21)
+    with cgutils.for_range(b, arrs.shape(19)[0]) as loop:  # back through delta = dts @ W
+        r = loop.index
+        x = lanes.splat(arrs.item(18, r))
+        w, gw = arrs.row(19, r), arrs.row(20, r)
+        total = None
+        for v, e in enumerate(lane0s):
+            part = lanes.mul(graw[v], lanes.load(w, e))
+            total = part if total is None else lanes.add(total, part)
+            lanes.store(lanes.fma(graw[v], x, lanes.load(gw, e)), gw, e)
+        b.store(lanes.hsum(total), b.gep(gdts, [r]))
 
 
 # The kernels call these; each returns the channels it handled (the whole block, or 0: then the kernel's
@@ -355,12 +442,26 @@ def position_simd(typingctx, h, a2, brow, crow, urow, dts, weight, bias, D, yrow
     Returns 0 (the kernel's own code runs) unless softplus is on and the delta is low-rank (R > 0).
     """
 
-    def low_rank_softplus(arrs: Arrays, scalars: list[ir.Value]) -> ir.Value:
-        rank = arrs.shape(6)[0]
-        return arrs.b.and_(scalars[1], arrs.b.icmp_signed(">", rank, ir.Constant(rank.type, 0)))
-
     return _whole_block(_position, (h, a2, brow, crow, urow, dts, weight, bias, D, yrow), (first, softplus, bounded),
-                        low_rank_softplus)
+                        lambda arrs, scalars: _low_rank_softplus(arrs, scalars, 6, 1))
+
+
+@intrinsic
+def recompute_position_simd(typingctx, prev, nxt, decay, a2, brow, urow, dts, weight, bias, dt_out, sig_out,  # type: ignore[no-untyped-def]
+                            softplus, bounded):
+    """One whole recompute step of scan_backward (low-rank delta, softplus): see :func:`_recompute_position`."""
+    return _whole_block(_recompute_position, (prev, nxt, decay, a2, brow, urow, dts, weight, bias, dt_out, sig_out),
+                        (softplus, bounded), lambda arrs, scalars: _low_rank_softplus(arrs, scalars, 7, 0))
+
+
+@intrinsic
+def adjoint_position_simd(typingctx, g, ga, decay, prev, cur, ak, brow, crow, gbrow, gcrow, gy, urow, dt, sig, D,  # type: ignore[no-untyped-def]
+                          gu, gbias, gD, dts, weight, gweight, gdts, bounded):
+    """One whole adjoint step of scan_backward (low-rank delta): see :func:`_adjoint_position`."""
+    arrays = (g, ga, decay, prev, cur, ak, brow, crow, gbrow, gcrow, gy, urow, dt, sig, D, gu, gbias, gD, dts, weight,
+              gweight, gdts)
+    return _whole_block(_adjoint_position, arrays, (bounded,),
+                        lambda arrs, scalars: _low_rank_softplus(arrs, scalars, 19, None))
 
 
 @intrinsic

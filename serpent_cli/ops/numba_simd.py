@@ -1,14 +1,15 @@
-"""The scan's innermost loops as explicit 16-lane vector code (LLVM IR written with llvmlite).
+"""The scan's per-position work as explicit 16-lane vector code (LLVM IR written with llvmlite).
 
 Why: for every (position, channel block) the kernels of :mod:`serpent_cli.ops.numba_kernels`
-loop over the N states and, inside, over the block's channels.  Left to LLVM's loop vectoriser,
-that inner loop keeps everything in memory: the output accumulator is loaded and stored once per
-state, delta and delta * u are reloaded per state, constants are re-broadcast.  Measured on one
-core of an Emerald Rapids Xeon, the vectorised loop ran at 2.4x the cost its arithmetic needs.
-Here a chunk of 16 or 64 channels keeps its accumulators and per-position operands in vector
-registers across the whole state loop, and memory sees only what must be there (the states,
-A, and the backward's running sums): 1.4-1.8x the forward scan's throughput at the serpent-l
-shapes, with the same results up to float32 rounding.
+run a few loops over the block's channels (dt_proj's low-rank product, softplus, D u, the output)
+and a loop over the N states with the channels inside.  Left to LLVM's loop vectoriser, the state
+loop keeps everything in memory (the output accumulator loaded and stored once per state, delta
+and delta * u reloaded per state, constants re-broadcast: 2.4x the cost of its arithmetic, measured
+on one core of an Emerald Rapids Xeon), and the loops around it, passing values through small
+arrays, cost as much again at N = 11.  Here one call per position does the whole step with a
+block of 16-64 channels held in vector registers; memory sees only what must be there (the
+states, A, the backward's running sums): the forward scan 1.5-2.2x, the backward 1.4-1.9x,
+with the same results up to float32 rounding.
 
 * ``<16 x float>`` is portable IR: LLVM lowers it to one zmm register on AVX-512, two ymm on
   AVX2, four xmm on SSE or NEON.
@@ -19,9 +20,9 @@ shapes, with the same results up to float32 rounding.
 * Every floating-point instruction carries the ``contract`` flag.  numba's fast-math pass adds
   its own flags only to instructions that have none, and reassociation would fold the rounding
   trick ``(x + M) - M`` to ``x``.
-* Only float32 takes these paths, and only for the multiple-of-16 part of a channel block; the
-  rest (float64 gradient checks, odd channel counts) runs the scalar loops, which are also the
-  reference the tests hold these paths to.
+* Only float32 blocks of 16, 32, 48 or 64 channels take these paths (the whole-position ones also
+  need a low-rank delta); everything else (float64 gradient checks, other widths, a full delta)
+  runs the kernels' scalar loops, which are also the reference the tests hold these paths to.
 
 numba caches a kernel by its own source file: after editing this file, empty the per-user
 cache (``~/.cache/serpent/numba``) or the kernels keep the old code.

@@ -163,7 +163,7 @@ _register_serpent("serpent-h", 1, "Serpent, patch 1",
                   "ac49bd86f54611e41c48cb22814dcbbea06974f8ad95c06c63d7cc1d2d1d1376", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
-                  "421d6a9bf9e61d83d493d9de35c9def50a68e778ce0b6828360e2bfe1a2334ed", rank=None, in_bench=False)
+                  "3393720490d3ebab781c84a15533474e847a4cb64e7dd54aadfa89e2e509be18", rank=None, in_bench=False)
 for _width in (32, 64, 128):
     register_model(f"unet-{_width}", _unet(_width), family="unet", description=f"U-Net, {_width} channels",
                    trainable=True)

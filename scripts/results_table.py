@@ -35,7 +35,10 @@ def evaluate(folder: Path, model: str, weights: Path, limit: int, degradation: s
         cmd += ["--limit", str(limit)]
     if threads:
         cmd += ["--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:  # say why (a stale sha256 pin, a missing folder), not just that it failed
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+        raise SystemExit(f"serpent eval {folder} --model {model} failed: {reason}")
     return json.loads(done.stdout)
 
 

@@ -67,8 +67,7 @@ def has_avx512(context) -> bool:  # type: ignore[no-untyped-def]
 class Lanes:
     """16-lane float32 vector arithmetic on an IR builder, every instruction flagged ``contract``."""
 
-    def __init__(self, context, builder: ir.IRBuilder, scalef: bool) -> None:  # type: ignore[no-untyped-def]
-        self.context = context
+    def __init__(self, builder: ir.IRBuilder, scalef: bool) -> None:
         self.b = builder
         self.scalef = scalef
 
@@ -204,7 +203,7 @@ def _whole_block(body: Callable, arrays: tuple, scalars: tuple, condition: Calla
         done = cgutils.alloca_once_value(builder, ir.Constant(intp, 0))
         if not vector:
             return builder.load(done)
-        lanes = Lanes(context, builder, has_avx512(context))
+        lanes = Lanes(builder, has_avx512(context))
         arrs = Arrays(context, builder, signature.args[:n_arrays], llargs[:n_arrays])
         llscalars = list(llargs[n_arrays:])
         width = arrs.shape(0)[-1]

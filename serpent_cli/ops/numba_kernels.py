@@ -61,7 +61,7 @@ from serpent_cli.ops.numba_simd import (
     adjoint_position_simd,
     adjoint_simd,
     forward_simd,
-    position_simd,
+    forward_walk_simd,
     recompute_position_simd,
     recompute_simd,
 )
@@ -274,16 +274,15 @@ def scan_forward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional,
             group = j if directional else e0 // (channels // Bm.shape[3])
             bounded = load_direction(A, D, bias, k, e0, a2, dk, bk) and softplus
             h[:, :] = 0.0
+            if forward_walk_simd(h, a2, Bm, Cm, u, delta, dt_weight, bk, dk, y, saved, b, q, j, k, group, e0,
+                                 softplus, bounded, save, segment) > 0:
+                continue
             for t in range(length):
                 if save and t % segment == 0:
                     for n in range(n_state):
                         saved[b, k, t // segment, n, e0 : e0 + block] = h[n]
                 p = position(j, t, length)
                 yrow = y[b, q, p, e0 : e0 + block]
-                if position_simd(h, a2, Bm[b, q, p, group], Cm[b, q, p, group], u[b, q, p, e0 : e0 + block],
-                                 delta[b, q, p, j], dt_weight[k, :, e0 : e0 + block], bk, dk, yrow, j == 0, softplus,
-                                 bounded) > 0:
-                    continue
                 urow = u[b, q, p, e0 : e0 + block]
                 raw_delta(delta, dt_weight, b, q, p, j, k, e0, bk, raws)
                 for e in range(block):

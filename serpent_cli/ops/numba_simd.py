@@ -154,34 +154,56 @@ class Lanes:
         return self.mul(p, self.b.bitcast(bits, VF))
 
 
-class Arrays:
-    """Row and element pointers into numba arrays inside an intrinsic's code generation."""
+class Views:
+    """Float32 rows and elements behind data pointers, with numba's shapes and byte strides.
 
-    def __init__(self, context, builder: ir.IRBuilder, arrtypes: Sequence[types.Array],  # type: ignore[no-untyped-def]
-                 values: Sequence[ir.Value]) -> None:
-        self.context = context
+    One entry per array (or per view into one): the vector bodies index entry ``i`` by row
+    (:meth:`row`) or element (:meth:`item`), whatever the entry's strides.
+    """
+
+    def __init__(self, builder: ir.IRBuilder, entries: list[tuple[ir.Value, list[ir.Value], list[ir.Value]]]) -> None:
         self.b = builder
-        self.structs = [context.make_array(t)(context, builder, v) for t, v in zip(arrtypes, values, strict=True)]
-        self.types = list(arrtypes)
+        self.entries = entries
+
+    @classmethod
+    def of_arrays(cls, context, builder: ir.IRBuilder, arrtypes: Sequence[types.Array],  # type: ignore[no-untyped-def]
+                  values: Sequence[ir.Value]) -> Views:
+        entries = []
+        for arrtype, value in zip(arrtypes, values, strict=True):
+            ary = context.make_array(arrtype)(context, builder, value)
+            entries.append((ary.data, cgutils.unpack_tuple(builder, ary.shape),
+                            cgutils.unpack_tuple(builder, ary.strides)))
+        return cls(builder, entries)
 
     def shape(self, i: int) -> list[ir.Value]:
-        return cgutils.unpack_tuple(self.b, self.structs[i].shape)
+        return self.entries[i][1]
+
+    def _at(self, pointer: ir.Value, byte_offset: ir.Value) -> ir.Value:
+        base = self.b.bitcast(pointer, ir.IntType(8).as_pointer())
+        return self.b.bitcast(self.b.gep(base, [byte_offset]), F32.as_pointer())
 
     def row(self, i: int, index: ir.Value | None = None) -> ir.Value:
-        """float* to a 1-D array's data, or to row ``index`` of a 2-D array (rows are unit-stride)."""
-        ary = self.structs[i]
-        if index is None:
-            return ary.data
-        stride = cgutils.unpack_tuple(self.b, ary.strides)[0]
-        base = self.b.bitcast(ary.data, ir.IntType(8).as_pointer())
-        return self.b.bitcast(self.b.gep(base, [self.b.mul(index, stride)]), F32.as_pointer())
+        """float* to a 1-D entry's data, or to row ``index`` of a 2-D entry (rows are unit-stride)."""
+        data, _, strides = self.entries[i]
+        return data if index is None else self._at(data, self.b.mul(index, strides[0]))
 
     def item(self, i: int, index: ir.Value) -> ir.Value:
-        """Element ``index`` of a 1-D array of any stride (loaded)."""
-        ary = self.structs[i]
-        ptr = cgutils.get_item_pointer2(self.context, self.b, ary.data, self.shape(i),
-                                        cgutils.unpack_tuple(self.b, ary.strides), self.types[i].layout, [index])
-        return self.b.load(ptr)
+        """Element ``index`` of a 1-D entry of any stride (loaded)."""
+        data, _, strides = self.entries[i]
+        return self.b.load(self._at(data, self.b.mul(index, strides[-1])))
+
+    def view(self, i: int, leading: Sequence[ir.Value], channel0: ir.Value | None = None,
+             width: ir.Value | None = None) -> tuple[ir.Value, list[ir.Value], list[ir.Value]]:
+        """The entry of ``array[*leading]``, or of ``array[*leading, ..., channel0 : channel0 + width]``."""
+        data, shape, strides = self.entries[i]
+        offset = ir.Constant(strides[0].type, 0)
+        for index, stride in zip(leading, strides, strict=False):
+            offset = self.b.add(offset, self.b.mul(index, stride))
+        shape = list(shape[len(leading):])
+        if channel0 is not None:
+            offset = self.b.add(offset, self.b.mul(channel0, strides[-1]))
+            shape[-1] = width
+        return self._at(data, offset), shape, list(strides[len(leading):])
 
 
 def _whole_block(body: Callable, arrays: tuple, scalars: tuple, condition: Callable | None = None):  # type: ignore[type-arg,no-untyped-def]
@@ -204,7 +226,7 @@ def _whole_block(body: Callable, arrays: tuple, scalars: tuple, condition: Calla
         if not vector:
             return builder.load(done)
         lanes = Lanes(builder, has_avx512(context))
-        arrs = Arrays(context, builder, signature.args[:n_arrays], llargs[:n_arrays])
+        arrs = Views.of_arrays(context, builder, signature.args[:n_arrays], llargs[:n_arrays])
         llscalars = list(llargs[n_arrays:])
         width = arrs.shape(0)[-1]
         ready = condition(arrs, llscalars) if condition is not None else cgutils.true_bit
@@ -231,7 +253,7 @@ def _state_loop(lanes: Lanes, n_state: ir.Value, bounded: ir.Value, step: Callab
                 step(loop.index, clamp_high)
 
 
-def _update_states(lanes: Lanes, arrs: Arrays, rows: tuple[int, int, int, int], lane0s: list[ir.Value],
+def _update_states(lanes: Lanes, arrs: Views, rows: tuple[int, int, int, int], lane0s: list[ir.Value],
                    dt: list[ir.Value], du: list[ir.Value], acc: list[ir.Value], bounded: ir.Value) -> None:
     """h[n] = 2^(dt a2[n]) h[n] + du B[n]; acc += C[n] h[n], over n; ``rows`` index h, a2, B, C in ``arrs``.
 
@@ -252,7 +274,7 @@ def _update_states(lanes: Lanes, arrs: Arrays, rows: tuple[int, int, int, int], 
     _state_loop(lanes, arrs.shape(ih)[0], bounded, step)
 
 
-def _forward(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+def _forward(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
     """The state loop of one position (arrays: h, a2, B, C, dt, du, acc; scalar: bounded); acc updated."""
     b = lanes.b
     dt = [lanes.load(arrs.row(4), e) for e in lane0s]
@@ -263,7 +285,7 @@ def _forward(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[i
         lanes.store(b.load(acc[v]), arrs.row(6), e)
 
 
-def _position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+def _position(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
     """A whole forward step with a low-rank delta and softplus, every per-position value in registers.
 
     Arrays: h, a2 (N, block); B, C (N,); u (block,); dts (R,), the dt_proj input; W (R, block), its
@@ -288,7 +310,57 @@ def _position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[
                 lanes.store(lanes.add(lanes.load(y, e), b.load(acc[v])), y, e)
 
 
-def _low_rank_delta(lanes: Lanes, arrs: Arrays, dts: int, weight: int, bias: int,
+def _walk_segments(lanes: Lanes, length: ir.Value, segment: ir.Value, at_boundary: Callable,  # type: ignore[type-arg]
+                   step: Callable) -> None:  # type: ignore[type-arg]
+    """``for t in range(length): [at_boundary(t // segment) when t % segment == 0]; step(t)``, without a division."""
+    b = lanes.b
+    one = ir.Constant(length.type, 1)
+    count = b.sdiv(b.sub(b.add(length, segment), one), segment)
+    with cgutils.for_range(b, count) as seg:
+        start = b.mul(seg.index, segment)
+        at_boundary(seg.index)
+        end = b.add(start, segment)
+        stop = b.select(b.icmp_signed("<", end, length), end, length)
+        with cgutils.for_range(b, stop, start=start) as loop:
+            step(loop.index)
+
+
+def _forward_walk(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+    """Every step of one walk of scan_forward (low-rank delta, softplus), as :func:`_position` per position.
+
+    Arrays: h, a2 (N, block); Bm, Cm (b, Q, L, G, N); u (b, Q, L, E); delta (b, Q, L, J, R); W (K, R, E);
+    bias, D (block,); y (b, Q, L, E); saved (b, K, S, N, E).  Scalars: batch index, order q, walk j,
+    direction k, group, first channel e0, softplus, bounded, save, segment.  The positions' views are
+    pointer arithmetic here, so the kernel's per-position work is only this code (numba's slicing of
+    eight arrays per position, with reference counting, cost as much as a 21-state update).
+    """
+    b = lanes.b
+    bi, q, j, k, group, e0, softplus, bounded, save, segment = scalars
+    length, n_state, width = arrs.shape(4)[2], arrs.shape(0)[0], arrs.shape(0)[1]
+    forwards = b.icmp_signed("==", j, ir.Constant(j.type, 0))
+    last = b.sub(length, ir.Constant(length.type, 1))
+    weight = arrs.view(6, [k], e0, width)
+
+    def at_boundary(s: ir.Value) -> None:
+        with b.if_then(save):
+            views = Views(b, [arrs.entries[0], arrs.view(10, [bi, k, s], e0, width)])
+            with cgutils.for_range(b, n_state) as loop:
+                src, dst = views.row(0, loop.index), views.row(1, loop.index)
+                for e in lane0s:
+                    lanes.store(lanes.load(src, e), dst, e)
+
+    def step(t: ir.Value) -> None:
+        p = b.select(forwards, t, b.sub(last, t))
+        views = Views(b, [arrs.entries[0], arrs.entries[1], arrs.view(2, [bi, q, p, group]),
+                          arrs.view(3, [bi, q, p, group]), arrs.view(4, [bi, q, p], e0, width),
+                          arrs.view(5, [bi, q, p, j]), weight, arrs.entries[7], arrs.entries[8],
+                          arrs.view(9, [bi, q, p], e0, width)])
+        _position(lanes, views, lane0s, [forwards, softplus, bounded])
+
+    _walk_segments(lanes, length, segment, at_boundary, step)
+
+
+def _low_rank_delta(lanes: Lanes, arrs: Views, dts: int, weight: int, bias: int,
                     lane0s: list[ir.Value]) -> list[ir.Value]:
     """bias + dts @ W per lane group (arrays: dts (R,), W (R, block), bias (block,)), the raw delta."""
     b = lanes.b
@@ -301,14 +373,14 @@ def _low_rank_delta(lanes: Lanes, arrs: Arrays, dts: int, weight: int, bias: int
     return [b.load(r) for r in raw]
 
 
-def _low_rank_softplus(arrs: Arrays, scalars: list[ir.Value], weight: int, softplus: int | None) -> ir.Value:
+def _low_rank_softplus(arrs: Views, scalars: list[ir.Value], weight: int, softplus: int | None) -> ir.Value:
     """The run-time condition of the whole-position intrinsics: a low-rank delta (R > 0) [and softplus on]."""
     rank = arrs.shape(weight)[0]
     ready = arrs.b.icmp_signed(">", rank, ir.Constant(rank.type, 0))
     return ready if softplus is None else arrs.b.and_(scalars[softplus], ready)
 
 
-def _recompute_states(lanes: Lanes, arrs: Arrays, rows: tuple[int, int, int, int, int], lane0s: list[ir.Value],
+def _recompute_states(lanes: Lanes, arrs: Views, rows: tuple[int, int, int, int, int], lane0s: list[ir.Value],
                       dt: list[ir.Value], du: list[ir.Value], bounded: ir.Value) -> None:
     """decay[n] = 2^(dt a2[n]); nxt[n] = decay[n] prev[n] + du B[n]; ``rows`` index prev, nxt, decay, a2, B."""
     ip, inx, idc, ia, ib = rows
@@ -324,14 +396,14 @@ def _recompute_states(lanes: Lanes, arrs: Arrays, rows: tuple[int, int, int, int
     _state_loop(lanes, arrs.shape(ip)[0], bounded, step)
 
 
-def _recompute(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+def _recompute(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
     """The states of one position from the previous ones (arrays: prev, nxt, decay, a2, B, dt, du; scalar: bounded)."""
     dt = [lanes.load(arrs.row(5), e) for e in lane0s]
     du = [lanes.load(arrs.row(6), e) for e in lane0s]
     _recompute_states(lanes, arrs, (0, 1, 2, 3, 4), lane0s, dt, du, scalars[0])
 
 
-def _recompute_position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+def _recompute_position(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
     """A whole recompute step with a low-rank delta and softplus (scan_backward, step 1).
 
     Arrays: prev, nxt, decay, a2 (N, block); B (N,); u (block,); dts (R,); W (R, block); bias (block,);
@@ -347,7 +419,7 @@ def _recompute_position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scal
     _recompute_states(lanes, arrs, (0, 1, 2, 3, 4), lane0s, list(dt), du, scalars[1])
 
 
-def _adjoint_states(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], gy: list[ir.Value], du: list[ir.Value],
+def _adjoint_states(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], gy: list[ir.Value], du: list[ir.Value],
                     dt: list[ir.Value], gdu: list[ir.Value], gdt: list[ir.Value], bounded: ir.Value) -> None:
     """The adjoint over n at one position; arrays 0-9: g, gA, decay, prev, cur, ak (N, block), B, C, gB, gC (N,).
 
@@ -378,7 +450,7 @@ def _adjoint_states(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], gy: list
     _state_loop(lanes, arrs.shape(0)[0], bounded, step)
 
 
-def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+def _adjoint(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
     """One position of the backward's adjoint, over n (see numba_kernels.scan_backward, step 2).
 
     Arrays: g, gA, decay, prev, cur, ak (N, block); B, C, gB, gC (N,); gy, du, dt, gdu, gdt (block,).
@@ -396,7 +468,7 @@ def _adjoint(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[i
         lanes.store(b.load(gdt[v]), arrs.row(14), e)
 
 
-def _adjoint_position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+def _adjoint_position(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
     """A whole adjoint step with a low-rank delta (scan_backward, step 2, and the gradients it feeds).
 
     Arrays 0-9 as :func:`_adjoint_states`; then gy, u, dt, sig, D (block,); gu, gbias, gD (block,),
@@ -436,14 +508,19 @@ def _adjoint_position(lanes: Lanes, arrs: Arrays, lane0s: list[ir.Value], scalar
 
 
 @intrinsic
-def position_simd(typingctx, h, a2, brow, crow, urow, dts, weight, bias, D, yrow, first, softplus, bounded):  # type: ignore[no-untyped-def]
-    """One whole forward step of scan_forward (low-rank delta, softplus): see :func:`_position`.
+def forward_walk_simd(typingctx, h, a2, Bm, Cm, u, delta, weight, bias, D, y, saved,  # type: ignore[no-untyped-def]
+                      batch_index, q, j, k, group, e0, softplus, bounded, save, segment):
+    """One whole walk of scan_forward (low-rank delta, softplus): see :func:`_forward_walk`.
 
-    Returns 0 (the kernel's own code runs) unless softplus is on and the delta is low-rank (R > 0).
+    Returns 0 (the kernel's own loop runs) unless softplus is on and the delta is low-rank (R > 0).
     """
 
-    return _whole_block(_position, (h, a2, brow, crow, urow, dts, weight, bias, D, yrow), (first, softplus, bounded),
-                        lambda arrs, scalars: _low_rank_softplus(arrs, scalars, 6, 1))
+    def ready(arrs: Views, scalars: list[ir.Value]) -> ir.Value:
+        rank = arrs.shape(6)[1]
+        return arrs.b.and_(scalars[6], arrs.b.icmp_signed(">", rank, ir.Constant(rank.type, 0)))
+
+    return _whole_block(_forward_walk, (h, a2, Bm, Cm, u, delta, weight, bias, D, y, saved),
+                        (batch_index, q, j, k, group, e0, softplus, bounded, save, segment), ready)
 
 
 @intrinsic

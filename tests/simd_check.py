@@ -17,11 +17,14 @@ import numba
 import numpy as np
 
 from serpent_cli.ops import numba_kernels as kernels
+from serpent_cli.ops.numba_gate import gate_kernel
 from serpent_cli.ops.numba_simd import forward_simd
 
 SEGMENT = 8
 # (channels, block): every vector width the SIMD path has (1-4 vectors), two or more blocks where possible.
 BLOCKS = ((96, 16), (96, 32), (96, 48), (64, 64))
+# (batch, height, width, channels) of the fused output gate: odd sizes, one and several row tiles, 1-32 vectors.
+GATE_SHAPES = ((2, 19, 7, 16), (1, 40, 33, 64), (1, 3, 5, 512))
 
 
 @numba.njit
@@ -89,6 +92,40 @@ def kernel_outputs(channels: int, block: int, dtype: type) -> list[np.ndarray]:
     return [y, grads[0], *(g.sum(0) for g in grads[1:])]
 
 
+def _gate_inputs(shape: tuple[int, int, int, int]) -> list[np.ndarray]:
+    """y in the two scan orders (b, 2, L, E), z (a non-contiguous view, up to +-60), LayerNorm weight and bias."""
+    b, h, w, e = shape
+    rng = np.random.default_rng(e)
+    y = rng.standard_normal((b, 2, h * w, e)) * 3 + 1
+    z = (rng.standard_normal((b, h, w, 2 * e)) * 15)[..., e:]
+    return [y, z, rng.standard_normal(e), rng.standard_normal(e)]
+
+
+def gate_outputs(shape: tuple[int, int, int, int]) -> np.ndarray:
+    """numba_gate.gate_kernel in float32."""
+    y, z, weight, bias = (a.astype(np.float32) for a in _gate_inputs(shape))
+    out = np.empty(shape, np.float32)
+    gate_kernel(y, z, weight, bias, 1e-5, out)
+    return out
+
+
+def gate_reference(shape: tuple[int, int, int, int]) -> np.ndarray:
+    """The same gate in float64 numpy: LayerNorm(y0 + y1 transposed) * silu(z)."""
+    b, h, w, e = shape
+    y, z, weight, bias = _gate_inputs(shape)
+    total = y[:, 0].reshape(b, h, w, e) + y[:, 1].reshape(b, w, h, e).transpose(0, 2, 1, 3)
+    mean = total.mean(-1, keepdims=True)
+    norm = (total - mean) / np.sqrt(((total - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * weight + bias
+    return norm * z / (1 + np.exp(-z))
+
+
+def compare_gate(got: np.ndarray, shape: tuple[int, int, int, int], what: str) -> None:
+    """Within 1e-6 of the largest magnitude (float32 rounding of a LayerNorm and a sigmoid)."""
+    want = gate_reference(shape)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 1e-6, f"{what}: output gate {shape} differs by {err:.1e} (relative to its largest value)"
+
+
 def compare(got: list[np.ndarray], want: list[np.ndarray], what: str) -> None:
     """float32 against float64: each output within 2e-5 of its largest magnitude."""
     names = "y u delta dt_weight A B C D bias".split()
@@ -101,4 +138,5 @@ if __name__ == "__main__":
     check_exp2()
     results = {f"{c}_{blk}_{i}": out for c, blk in BLOCKS
                for i, out in enumerate(kernel_outputs(c, blk, np.float32))}
+    results.update({"gate_" + "_".join(map(str, shape)): gate_outputs(shape) for shape in GATE_SHAPES})
     np.savez(sys.argv[1], **results)

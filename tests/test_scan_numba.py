@@ -76,6 +76,8 @@ def test_simd_paths_match_the_scalar_loops() -> None:
         got = simd_check.kernel_outputs(channels, block, np.float32)
         want = simd_check.kernel_outputs(channels, block, np.float64)
         simd_check.compare(got, want, f"{channels} channels, block {block}")
+    for shape in simd_check.GATE_SHAPES:
+        simd_check.compare_gate(simd_check.gate_outputs(shape), shape, "this CPU")
 
 
 def test_simd_paths_compiled_for_a_cpu_without_avx512(tmp_path: Path) -> None:
@@ -90,6 +92,8 @@ def test_simd_paths_compiled_for_a_cpu_without_avx512(tmp_path: Path) -> None:
         outputs = [got[f"{channels}_{block}_{i}"] for i in range(9)]
         simd_check.compare(outputs, simd_check.kernel_outputs(channels, block, np.float64),
                            f"generic CPU, {channels} channels, block {block}")
+    for shape in simd_check.GATE_SHAPES:
+        simd_check.compare_gate(got["gate_" + "_".join(map(str, shape))], shape, "generic CPU")
 
 
 @pytest.mark.parametrize("softplus", [True, False])

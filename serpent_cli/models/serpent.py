@@ -16,7 +16,13 @@ from torch import nn
 
 from serpent_cli.models.config import SerpentConfig
 from serpent_cli.models.padding import pad_to_multiple
-from serpent_cli.ops import directional_backend, from_scan_orders, selective_scan, ss2d_scan_orders, to_scan_orders
+from serpent_cli.ops import (
+    directional_backend,
+    gated_norm_from_scan_orders,
+    selective_scan,
+    ss2d_scan_orders,
+    to_scan_orders,
+)
 
 NUM_DIRECTIONS = 4
 
@@ -82,11 +88,9 @@ class SS2D(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W)
         if directional_backend(x.device):
-            y = self._scan_in_place(x)
-        else:
-            y = self._scan_unrolled(x)
-        y = self.out_norm(y)
-        return self.out_proj(y * F.silu(z))
+            _, _, h, w = x.shape
+            return self.out_proj(gated_norm_from_scan_orders(self._scan_in_place(x), z, self.out_norm, h, w))
+        return self.out_proj(self.out_norm(self._scan_unrolled(x)) * F.silu(z))
 
     def _ssm_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A = -exp(A_log), D and the delta bias in fp32 (the scan's parameters)."""
@@ -99,8 +103,9 @@ class SS2D(nn.Module):
         walks order q forwards or backwards, so x_proj / dt_proj of direction k run on order q.
         Per order, one matmul gives both walks' [dt | B | C]; dt_proj runs inside the kernel
         (R-wide inputs), so neither a per-direction einsum nor the (B, 2, L, 2, E) delta exists.
+        Returns (B, 2, L, E), each order's two walks summed, in that order.
         """
-        _, e, h, w = x.shape
+        e = x.shape[1]
         n, r = self.n_state, self.dt_rank
         xq = to_scan_orders(x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1))  # (B, 2, L, E)
         weight = self.x_proj_weight.view(2, 2, r + 2 * n, e).transpose(0, 1)  # (order q, walk j, R + 2N, E)
@@ -109,9 +114,8 @@ class SS2D(nn.Module):
         x_dbl = torch.matmul(xq, proj)  # (B, 2, L, [dt_j0 dt_j1 | B_j0 B_j1 | C_j0 C_j1])
         dts, Bs, Cs = (t.unflatten(3, (2, -1)) for t in torch.split(x_dbl, [2 * r, 2 * n, 2 * n], dim=3))
         A, D, bias = self._ssm_tensors()
-        y = ss2d_scan_orders(xq, dts, A.view(NUM_DIRECTIONS, e, n), Bs, Cs, D.view(NUM_DIRECTIONS, e), bias,
-                             dt_weight=self.dt_proj_weight)
-        return from_scan_orders(y, h, w)
+        return ss2d_scan_orders(xq, dts, A.view(NUM_DIRECTIONS, e, n), Bs, Cs, D.view(NUM_DIRECTIONS, e), bias,
+                                dt_weight=self.dt_proj_weight)
 
     def _scan_unrolled(self, x: torch.Tensor) -> torch.Tensor:
         """Unroll to four sequences, scan them as one batch of channels, merge back (other backends)."""

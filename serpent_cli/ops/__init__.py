@@ -268,6 +268,20 @@ def from_scan_orders(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return y[:, 0].view(b, height, width, *rest) + y[:, 1].view(b, width, height, *rest).transpose(1, 2)
 
 
+def gated_norm_from_scan_orders(y: torch.Tensor, z: torch.Tensor, norm: torch.nn.LayerNorm, height: int,
+                                width: int) -> torch.Tensor:
+    """SS2D's output before out_proj: ``norm(from_scan_orders(y)) * silu(z)``, as (b, H, W, E).
+
+    Without autograd, on CPU float32 maps, one fused pass (:mod:`serpent_cli.ops.numba_gate`);
+    otherwise (training, other dtypes or widths) the torch ops, which are also its reference.
+    """
+    from serpent_cli.ops.numba_gate import fused_gate_applies, gated_norm_numba
+
+    if fused_gate_applies(y, z, norm):
+        return gated_norm_numba(y, z, norm, height, width)
+    return norm(from_scan_orders(y, height, width)) * torch.nn.functional.silu(z)
+
+
 def ss2d_scan_orders(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -367,6 +381,7 @@ __all__ = [
     "available_backends",
     "directional_backend",
     "from_scan_orders",
+    "gated_norm_from_scan_orders",
     "get_backend",
     "image_order_to_scan_orders",
     "kernels_to_compile",

@@ -33,13 +33,16 @@ start_threads()
 
 
 def forward_compile_pending() -> bool:
-    """True when the forward kernel has nothing usable in the per-user cache, so its next call compiles.
+    """True when an inference forward has a kernel with nothing usable in the per-user cache, so it compiles.
 
-    Reads numba's cache index (missing, or stale after an upgrade: empty); if numba's cache internals
-    ever move, it answers False (no notice) rather than fail.
+    The scan's forward and SS2D's fused output gate (:mod:`serpent_cli.ops.numba_gate`).  Reads numba's
+    cache index (missing, or stale after an upgrade: empty); if numba's cache internals ever move, it
+    answers False (no notice) rather than fail.
     """
+    from serpent_cli.ops.numba_gate import gate_kernel
+
     try:
-        return not kernels.scan_forward._cache._cache_file._load_index()
+        return any(not kernel._cache._cache_file._load_index() for kernel in (kernels.scan_forward, gate_kernel))
     except Exception:
         return False
 

@@ -17,14 +17,15 @@ import numba
 import numpy as np
 
 from serpent_cli.ops import numba_kernels as kernels
-from serpent_cli.ops.numba_gate import gate_kernel
 from serpent_cli.ops.numba_simd import forward_simd
+from serpent_cli.ops.numba_ss2d import gate_kernel, input_kernel
 
 SEGMENT = 8
 # (channels, block): every vector width the SIMD path has (1-4 vectors), two or more blocks where possible.
 BLOCKS = ((96, 16), (96, 32), (96, 48), (64, 64))
-# (batch, height, width, channels) of the fused output gate: odd sizes, one and several row tiles, 1-32 vectors.
-GATE_SHAPES = ((2, 19, 7, 16), (1, 40, 33, 64), (1, 3, 5, 512))
+# (batch, height, width, channels) of SS2D's fused stages: odd sizes, one and several row tiles, 1-32 vectors
+# (whole chunks of 4 vectors, and 1-3 left over).
+GATE_SHAPES = ((2, 19, 7, 16), (1, 40, 33, 64), (1, 3, 5, 512), (1, 6, 9, 112))
 
 
 @numba.njit
@@ -102,7 +103,7 @@ def _gate_inputs(shape: tuple[int, int, int, int]) -> list[np.ndarray]:
 
 
 def gate_outputs(shape: tuple[int, int, int, int]) -> np.ndarray:
-    """numba_gate.gate_kernel in float32."""
+    """numba_ss2d.gate_kernel in float32."""
     y, z, weight, bias = (a.astype(np.float32) for a in _gate_inputs(shape))
     out = np.empty(shape, np.float32)
     gate_kernel(y, z, weight, bias, 1e-5, out)
@@ -117,6 +118,40 @@ def gate_reference(shape: tuple[int, int, int, int]) -> np.ndarray:
     mean = total.mean(-1, keepdims=True)
     norm = (total - mean) / np.sqrt(((total - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * weight + bias
     return norm * z / (1 + np.exp(-z))
+
+
+def _input_inputs(shape: tuple[int, int, int, int]) -> list[np.ndarray]:
+    """x (a non-contiguous view), a 3x3 depthwise conv's taps (3, 3, E) and bias."""
+    b, h, w, e = shape
+    rng = np.random.default_rng(e + 1)
+    return [(rng.standard_normal((b, h, w, 2 * e)) * 2)[..., :e], rng.standard_normal((3, 3, e)) * 0.5,
+            rng.standard_normal(e)]
+
+
+def input_outputs(shape: tuple[int, int, int, int]) -> np.ndarray:
+    """numba_ss2d.input_kernel in float32: (b, 2, L, E)."""
+    x, taps, bias = (a.astype(np.float32) for a in _input_inputs(shape))
+    b, h, w, e = shape
+    out = np.empty((b, 2, h * w, e), np.float32)
+    input_kernel(x, taps, bias, out)
+    return out
+
+
+def input_reference(shape: tuple[int, int, int, int]) -> np.ndarray:
+    """silu(3x3 depthwise conv with zero padding + bias) in float64, in both orders."""
+    b, h, w, e = shape
+    x, taps, bias = _input_inputs(shape)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    conv = bias + sum(padded[:, dy:dy + h, dx:dx + w] * taps[dy, dx] for dy in range(3) for dx in range(3))
+    act = conv / (1 + np.exp(-conv))
+    return np.stack([act.reshape(b, h * w, e), act.transpose(0, 2, 1, 3).reshape(b, h * w, e)], axis=1)
+
+
+def compare_input(got: np.ndarray, shape: tuple[int, int, int, int], what: str) -> None:
+    """Within 1e-6 of the largest magnitude."""
+    want = input_reference(shape)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 1e-6, f"{what}: scan input {shape} differs by {err:.1e} (relative to its largest value)"
 
 
 def compare_gate(got: np.ndarray, shape: tuple[int, int, int, int], what: str) -> None:
@@ -139,4 +174,5 @@ if __name__ == "__main__":
     results = {f"{c}_{blk}_{i}": out for c, blk in BLOCKS
                for i, out in enumerate(kernel_outputs(c, blk, np.float32))}
     results.update({"gate_" + "_".join(map(str, shape)): gate_outputs(shape) for shape in GATE_SHAPES})
+    results.update({"input_" + "_".join(map(str, shape)): input_outputs(shape) for shape in GATE_SHAPES})
     np.savez(sys.argv[1], **results)

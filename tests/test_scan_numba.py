@@ -78,6 +78,7 @@ def test_simd_paths_match_the_scalar_loops() -> None:
         simd_check.compare(got, want, f"{channels} channels, block {block}")
     for shape in simd_check.GATE_SHAPES:
         simd_check.compare_gate(simd_check.gate_outputs(shape), shape, "this CPU")
+        simd_check.compare_input(simd_check.input_outputs(shape), shape, "this CPU")
 
 
 def test_simd_paths_compiled_for_a_cpu_without_avx512(tmp_path: Path) -> None:
@@ -94,6 +95,7 @@ def test_simd_paths_compiled_for_a_cpu_without_avx512(tmp_path: Path) -> None:
                            f"generic CPU, {channels} channels, block {block}")
     for shape in simd_check.GATE_SHAPES:
         simd_check.compare_gate(got["gate_" + "_".join(map(str, shape))], shape, "generic CPU")
+        simd_check.compare_input(got["input_" + "_".join(map(str, shape))], shape, "generic CPU")
 
 
 @pytest.mark.parametrize("softplus", [True, False])

@@ -17,11 +17,11 @@ from torch import nn
 from serpent_cli.models.config import SerpentConfig
 from serpent_cli.models.padding import pad_to_multiple
 from serpent_cli.ops import (
+    conv_silu_to_scan_orders,
     directional_backend,
     gated_norm_from_scan_orders,
     selective_scan,
     ss2d_scan_orders,
-    to_scan_orders,
 )
 
 NUM_DIRECTIONS = 4
@@ -85,29 +85,29 @@ class SS2D(nn.Module):
         self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W)
+        x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, E) each
         if directional_backend(x.device):
-            _, _, h, w = x.shape
-            return self.out_proj(gated_norm_from_scan_orders(self._scan_in_place(x), z, self.out_norm, h, w))
+            _, h, w, _ = x.shape
+            y = self._scan_in_place(conv_silu_to_scan_orders(x, self.conv))
+            return self.out_proj(gated_norm_from_scan_orders(y, z, self.out_norm, h, w))
+        x = F.silu(self.conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W)
         return self.out_proj(self.out_norm(self._scan_unrolled(x)) * F.silu(z))
 
     def _ssm_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A = -exp(A_log), D and the delta bias in fp32 (the scan's parameters)."""
         return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj_bias.float()
 
-    def _scan_in_place(self, x: torch.Tensor) -> torch.Tensor:
+    def _scan_in_place(self, xq: torch.Tensor) -> torch.Tensor:
         """The four directions on two position orders (numba): each direction projected once.
 
-        x is stored row-major and column-major (:func:`to_scan_orders`); direction k = 2 j + q
-        walks order q forwards or backwards, so x_proj / dt_proj of direction k run on order q.
-        Per order, one matmul gives both walks' [dt | B | C]; dt_proj runs inside the kernel
-        (R-wide inputs), so neither a per-direction einsum nor the (B, 2, L, 2, E) delta exists.
+        xq (B, 2, L, E) holds the scan input row-major and column-major (:func:`to_scan_orders`);
+        direction k = 2 j + q walks order q forwards or backwards, so x_proj / dt_proj of direction k
+        run on order q.  Per order, one matmul gives both walks' [dt | B | C]; dt_proj runs inside the
+        kernel (R-wide inputs), so neither a per-direction einsum nor the (B, 2, L, 2, E) delta exists.
         Returns (B, 2, L, E), each order's two walks summed, in that order.
         """
-        e = x.shape[1]
+        e = xq.shape[-1]
         n, r = self.n_state, self.dt_rank
-        xq = to_scan_orders(x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1))  # (B, 2, L, E)
         weight = self.x_proj_weight.view(2, 2, r + 2 * n, e).transpose(0, 1)  # (order q, walk j, R + 2N, E)
         parts = torch.split(weight, [r, n, n], dim=2)
         proj = torch.cat([part.reshape(2, -1, e) for part in parts], dim=1).transpose(1, 2)  # (2, E, 2(R+2N))

@@ -268,14 +268,28 @@ def from_scan_orders(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return y[:, 0].view(b, height, width, *rest) + y[:, 1].view(b, width, height, *rest).transpose(1, 2)
 
 
+def conv_silu_to_scan_orders(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """SS2D's scan input: silu(conv(x)) of a channels-last map x (b, H, W, E), in both orders, (b, 2, H W, E).
+
+    Without autograd, on CPU float32 maps, one fused pass (:mod:`serpent_cli.ops.numba_ss2d`);
+    otherwise the torch ops (conv, silu, :func:`to_scan_orders`), which are also its reference.
+    """
+    from serpent_cli.ops.numba_ss2d import conv_silu_numba, fused_input_applies
+
+    if fused_input_applies(x, conv):
+        return conv_silu_numba(x, conv)
+    x = torch.nn.functional.silu(conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+    return to_scan_orders(x, x)
+
+
 def gated_norm_from_scan_orders(y: torch.Tensor, z: torch.Tensor, norm: torch.nn.LayerNorm, height: int,
                                 width: int) -> torch.Tensor:
     """SS2D's output before out_proj: ``norm(from_scan_orders(y)) * silu(z)``, as (b, H, W, E).
 
-    Without autograd, on CPU float32 maps, one fused pass (:mod:`serpent_cli.ops.numba_gate`);
+    Without autograd, on CPU float32 maps, one fused pass (:mod:`serpent_cli.ops.numba_ss2d`);
     otherwise (training, other dtypes or widths) the torch ops, which are also its reference.
     """
-    from serpent_cli.ops.numba_gate import fused_gate_applies, gated_norm_numba
+    from serpent_cli.ops.numba_ss2d import fused_gate_applies, gated_norm_numba
 
     if fused_gate_applies(y, z, norm):
         return gated_norm_numba(y, z, norm, height, width)
@@ -379,6 +393,7 @@ __all__ = [
     "BackendUnavailable",
     "UnknownBackend",
     "available_backends",
+    "conv_silu_to_scan_orders",
     "directional_backend",
     "from_scan_orders",
     "gated_norm_from_scan_orders",

@@ -126,6 +126,12 @@ class Lanes:
         sig = self.b.fdiv(self.const(1.0), self.add(self.const(1.0), z), flags=FLAGS)
         return value, self.b.select(negative, self.mul(z, sig), sig)
 
+    def silu(self, x: ir.Value) -> ir.Value:
+        """x * sigmoid(x) = x / (1 + 2^(-x log2 e)); for very negative x, 2^... overflows to inf (or the clamp's
+        2^127): about -0."""
+        denominator = self.add(self.const(1.0), self.exp2(self.mul(x, self.const(-LOG2E)), clamp_high=True))
+        return self.b.fdiv(x, denominator, flags=FLAGS)
+
     def exp2(self, x: ir.Value, clamp_high: bool) -> ir.Value:
         """2^x per lane, 2 ulp; ``clamp_high`` False when x <= 0 is known (a decay's exponent)."""
         c = [self.const(v) for v in EXP2_COEFFS]

@@ -35,14 +35,15 @@ start_threads()
 def forward_compile_pending() -> bool:
     """True when an inference forward has a kernel with nothing usable in the per-user cache, so it compiles.
 
-    The scan's forward and SS2D's fused output gate (:mod:`serpent_cli.ops.numba_gate`).  Reads numba's
+    The scan's forward and SS2D's fused stages around it (:mod:`serpent_cli.ops.numba_ss2d`).  Reads numba's
     cache index (missing, or stale after an upgrade: empty); if numba's cache internals ever move, it
     answers False (no notice) rather than fail.
     """
-    from serpent_cli.ops.numba_gate import gate_kernel
+    from serpent_cli.ops.numba_ss2d import gate_kernel, input_kernel
 
     try:
-        return any(not kernel._cache._cache_file._load_index() for kernel in (kernels.scan_forward, gate_kernel))
+        return any(not kernel._cache._cache_file._load_index()
+                   for kernel in (kernels.scan_forward, input_kernel, gate_kernel))
     except Exception:
         return False
 

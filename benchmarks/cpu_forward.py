@@ -20,6 +20,9 @@ import time
 
 def measure(variant: str, size: int, threads: int, repeats: int,
             state_divisor: float | None = None) -> dict[str, float | str | int]:
+    # isort: off
+    import serpent_cli  # noqa: F401  (before torch: the allocator settings `serpent` runs with)
+    # isort: on
     import torch
 
     from serpent_cli import create_model

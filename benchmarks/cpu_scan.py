@@ -16,6 +16,9 @@ import json
 import platform
 import time
 
+# isort: off
+import serpent_cli  # noqa: F401  (before torch: the allocator settings `serpent` runs with)
+# isort: on
 import torch
 
 from serpent_cli.models.registry import VARIANTS

@@ -23,6 +23,9 @@ import time
 
 def measure(variant: str, size: int, batch: int, threads: int, steps: int,
             state_divisor: float | None = None) -> dict[str, float | str | int]:
+    # isort: off
+    import serpent_cli  # noqa: F401  (before torch: the allocator settings `serpent` runs with)
+    # isort: on
     import torch
     import torch.nn.functional as F
 

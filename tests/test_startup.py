@@ -81,3 +81,16 @@ def test_public_api_still_imports() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "create_model" in proc.stdout
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1"), ("0", "0")])
+def test_huge_pages_for_torch_tensors_unless_the_user_said_otherwise(preset: str | None, expected: str) -> None:
+    """``import serpent_cli`` asks torch for transparent huge pages on large tensors before torch is imported (torch
+    reads the setting once, at its first allocation); a value in the user's environment is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    code = ("import sys, os, serpent_cli; assert 'torch' not in sys.modules; "
+            "print(os.environ['THP_MEM_ALLOC_ENABLE'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == expected

@@ -58,11 +58,10 @@ from numba.extending import intrinsic, overload
 from serpent_cli.ops.numba_simd import (
     EXP2_COEFFS,
     LOG2E,
-    adjoint_position_simd,
     adjoint_simd,
+    backward_segment_simd,
     forward_simd,
     forward_walk_simd,
-    recompute_position_simd,
     recompute_simd,
 )
 
@@ -380,16 +379,16 @@ def scan_backward(  # type: ignore[no-untyped-def]
                 # 1. Recompute the states of this segment from its saved start state.
                 for n in range(n_state):
                     states[0, n] = saved[b, k, s, n, e0 : e0 + block]
+                if backward_segment_simd(states, decays, a2, ak, g, gA, Bm, Cm, u, delta, dt_weight, bk, dk, dts, sigs,
+                                         grad_y, grad_u, gbias, gD, gW, grad_B, grad_C, grad_delta, b, q, j, k, group,
+                                         e0, blk, gslot, t0, t1, softplus, bounded) > 0:
+                    continue
                 for t in range(t0, t1):
                     i = t - t0
                     p = position(j, t, length)
                     urow = u[b, q, p, e0 : e0 + block]
                     dtrow = dts[i]
                     sigrow = sigs[i]
-                    if recompute_position_simd(states[i], states[i + 1], decays[i], a2, Bm[b, q, p, group], urow,
-                                               delta[b, q, p, j], dt_weight[k, :, e0 : e0 + block], bk, dtrow, sigrow,
-                                               softplus, bounded) > 0:
-                        continue
                     raw_delta(delta, dt_weight, b, q, p, j, k, e0, bk, raws)
                     for e in range(block):
                         raw = raws[e]
@@ -422,11 +421,6 @@ def scan_backward(  # type: ignore[no-untyped-def]
                     crow = Cm[b, q, p, group]
                     gbrow = grad_B[blk, b, q, p, group]
                     gcrow = grad_C[blk, b, q, p, group]
-                    if adjoint_position_simd(g, gA, decays[i], states[i], states[i + 1], ak, brow, crow, gbrow, gcrow,
-                                             gyrow, urow, dtrow, sigs[i], dk, grad_u[b, q, p, e0 : e0 + block], gbias,
-                                             gD, delta[b, q, p, j], dt_weight[k, :, e0 : e0 + block], gW,
-                                             grad_delta[gslot, b, q, p, j], bounded) > 0:
-                        continue
                     for e in range(block):
                         du[e] = dtrow[e] * urow[e]
                         gdt[e] = 0.0

@@ -324,6 +324,28 @@ def _finish(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], values: list[list
                 lanes.store(lanes.add(lanes.load(y, e), b.load(acc[v])), y, e)
 
 
+class _Carried:
+    """Vectors carried from one loop iteration to the next, in stack slots (promoted to registers by LLVM)."""
+
+    def __init__(self, builder: ir.IRBuilder, values: list[list[ir.Value]]) -> None:
+        self.b = builder
+        self.cells = [[cgutils.alloca_once_value(builder, value) for value in group] for group in values]
+
+    def load(self) -> list[list[ir.Value]]:
+        return [[self.b.load(cell) for cell in cells] for cells in self.cells]
+
+    def store(self, values: list[list[ir.Value]]) -> None:
+        for cells, group in zip(self.cells, values, strict=True):
+            for cell, value in zip(cells, group, strict=True):
+                self.b.store(value, cell)
+
+
+def _following(b: ir.IRBuilder, i: ir.Value, limit: ir.Value) -> ir.Value:
+    """i + 1, or limit - 1 for the last step (whose "next" prelude is computed again and not used)."""
+    following = b.add(i, ir.Constant(i.type, 1))
+    return b.select(b.icmp_signed("<", following, limit), following, b.sub(limit, ir.Constant(i.type, 1)))
+
+
 def _walk_segments(lanes: Lanes, length: ir.Value, segment: ir.Value, at_boundary: Callable,  # type: ignore[type-arg]
                    step: Callable) -> None:  # type: ignore[type-arg]
     """``for t in range(length): [at_boundary(t // segment) when t % segment == 0]; step(t)``, without a division."""
@@ -374,16 +396,11 @@ def _forward_walk(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: li
     # dependency chain of some 100 cycles), then its own state loop, so the two overlap in the CPU's
     # out-of-order window; in program order after the state loop (700+ micro-operations at 64 channels)
     # the chain would stall every position.
-    carried = [[cgutils.alloca_once_value(b, value) for value in group_values]
-               for group_values in _prelude(lanes, views_at(ir.Constant(length.type, 0)), lane0s)]
+    carried = _Carried(b, _prelude(lanes, views_at(ir.Constant(length.type, 0)), lane0s))
 
     def step(t: ir.Value) -> None:
-        values = [[b.load(slot) for slot in slots] for slots in carried]
-        following = b.add(t, ir.Constant(t.type, 1))
-        following = b.select(b.icmp_signed("<", following, length), following, last)  # the last step: redone
-        for slots, group_values in zip(carried, _prelude(lanes, views_at(following), lane0s), strict=True):
-            for slot, value in zip(slots, group_values, strict=True):
-                b.store(value, slot)
+        values = carried.load()
+        carried.store(_prelude(lanes, views_at(_following(b, t, length)), lane0s))
         _finish(lanes, views_at(t), lane0s, values, forwards, bounded)
 
     _walk_segments(lanes, length, segment, at_boundary, step)
@@ -402,11 +419,10 @@ def _low_rank_delta(lanes: Lanes, arrs: Views, dts: int, weight: int, bias: int,
     return [b.load(r) for r in raw]
 
 
-def _low_rank_softplus(arrs: Views, scalars: list[ir.Value], weight: int, softplus: int | None) -> ir.Value:
-    """The run-time condition of the whole-position intrinsics: a low-rank delta (R > 0) [and softplus on]."""
-    rank = arrs.shape(weight)[0]
-    ready = arrs.b.icmp_signed(">", rank, ir.Constant(rank.type, 0))
-    return ready if softplus is None else arrs.b.and_(scalars[softplus], ready)
+def _low_rank_softplus(arrs: Views, weight: int, softplus: ir.Value) -> ir.Value:
+    """The run-time condition of the walk intrinsics: softplus on and a low-rank delta (W (K, R, E) with R > 0)."""
+    rank = arrs.shape(weight)[1]
+    return arrs.b.and_(softplus, arrs.b.icmp_signed(">", rank, ir.Constant(rank.type, 0)))
 
 
 def _recompute_states(lanes: Lanes, arrs: Views, rows: tuple[int, int, int, int, int], lane0s: list[ir.Value],
@@ -432,20 +448,26 @@ def _recompute(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[
     _recompute_states(lanes, arrs, (0, 1, 2, 3, 4), lane0s, dt, du, scalars[0])
 
 
-def _recompute_position(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
-    """A whole recompute step with a low-rank delta and softplus (scan_backward, step 1).
+def _recompute_prelude(lanes: Lanes, arrs: Views, lane0s: list[ir.Value]) -> list[list[ir.Value]]:
+    """[delta, softplus' slope, delta u] of one recompute step, one vector per lane group (arrays as
+    :func:`_recompute_position`; only u, dts, W and bias are read)."""
+    dt, sig = zip(*(lanes.softplus(raw, slope=True) for raw in _low_rank_delta(lanes, arrs, 6, 7, 8, lane0s)),
+                  strict=True)
+    return [list(dt), list(sig), [lanes.mul(d, lanes.load(arrs.row(5), e)) for d, e in zip(dt, lane0s, strict=True)]]
+
+
+def _recompute_position(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], values: list[list[ir.Value]],
+                        bounded: ir.Value) -> None:
+    """A whole recompute step with a low-rank delta and softplus (scan_backward, step 1), from its prelude values.
 
     Arrays: prev, nxt, decay, a2 (N, block); B (N,); u (block,); dts (R,); W (R, block); bias (block,);
     dt_out, sig_out (block,), written: the delta and softplus' slope, which the adjoint reuses.
-    Scalars: softplus, bounded.
     """
-    dt, sig = zip(*(lanes.softplus(raw, slope=True) for raw in _low_rank_delta(lanes, arrs, 6, 7, 8, lane0s)),
-                  strict=True)
+    dt, sig, du = values
     for v, e in enumerate(lane0s):
         lanes.store(dt[v], arrs.row(9), e)
         lanes.store(sig[v], arrs.row(10), e)
-    du = [lanes.mul(d, lanes.load(arrs.row(5), e)) for d, e in zip(dt, lane0s, strict=True)]
-    _recompute_states(lanes, arrs, (0, 1, 2, 3, 4), lane0s, list(dt), du, scalars[1])
+    _recompute_states(lanes, arrs, (0, 1, 2, 3, 4), lane0s, dt, du, bounded)
 
 
 def _adjoint_states(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], gy: list[ir.Value], du: list[ir.Value],
@@ -532,6 +554,60 @@ def _adjoint_position(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars
         b.store(lanes.hsum(total), b.gep(gdts, [r]))
 
 
+def _backward_segment(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+    """One segment of one walk of scan_backward (low-rank delta, softplus): the recompute forwards through it
+    (:func:`_recompute_position` per position), then the adjoint backwards (:func:`_adjoint_position`).
+
+    Arrays: 0 states (S + 1, N, block), states[0] loaded by the caller; 1 decays (S, N, block); 2 a2, 3 ak,
+    4 g, 5 gA (N, block); 6 Bm, 7 Cm (b, Q, L, G, N); 8 u (b, Q, L, E); 9 delta (b, Q, L, J, R); 10 W
+    (K, R, E); 11 bias, 12 D (block,); 13 dts, 14 sigs (S, block); 15 grad_y, 16 grad_u (b, Q, L, E);
+    17 gbias, 18 gD (block,); 19 gW (R, block); 20 grad_B, 21 grad_C (blocks, b, Q, L, G, N); 22 grad_delta
+    (slots, b, Q, L, J, R).  Scalars: batch index, order q, walk j, direction k, group, first channel e0,
+    block index, grad_delta slot, t0, t1, bounded.  As in the forward walk, the positions' views are
+    pointer arithmetic here, not numba slices.
+    """
+    b = lanes.b
+    bi, q, j, k, group, e0, blk, slot, t0, t1, bounded = scalars
+    length, width = arrs.shape(8)[2], arrs.shape(2)[1]
+    intp = length.type
+    one = ir.Constant(intp, 1)
+    forwards = b.icmp_signed("==", j, ir.Constant(j.type, 0))
+    last = b.sub(length, one)
+    weight = arrs.view(10, [k], e0, width)
+    count = b.sub(t1, t0)
+
+    def at(i: ir.Value) -> tuple[ir.Value, ...]:
+        """Step i of the segment: its row / column views of B, C, u and delta."""
+        t = b.add(t0, i)
+        p = b.select(forwards, t, b.sub(last, t))
+        return (p, arrs.view(6, [bi, q, p, group]), arrs.view(7, [bi, q, p, group]),
+                arrs.view(8, [bi, q, p], e0, width), arrs.view(9, [bi, q, p, j]))
+
+    def recompute_views(i: ir.Value) -> Views:
+        _, brow, _, urow, dts = at(i)
+        return Views(b, [arrs.view(0, [i]), arrs.view(0, [b.add(i, one)]), arrs.view(1, [i]), arrs.entries[2],
+                         brow, urow, dts, weight, arrs.entries[11], arrs.view(13, [i]), arrs.view(14, [i])])
+
+    # Software-pipelined as the forward walk: the next step's softplus (and slope) before this step's states.
+    carried = _Carried(b, _recompute_prelude(lanes, recompute_views(ir.Constant(intp, 0)), lane0s))
+    with cgutils.for_range(b, count) as loop:
+        i = loop.index
+        values = carried.load()
+        carried.store(_recompute_prelude(lanes, recompute_views(_following(b, i, count)), lane0s))
+        _recompute_position(lanes, recompute_views(i), lane0s, values, bounded)
+
+    with cgutils.for_range(b, count) as loop:
+        i = b.sub(b.sub(count, one), loop.index)
+        p, brow, crow, urow, dts = at(i)
+        views = Views(b, [arrs.entries[4], arrs.entries[5], arrs.view(1, [i]), arrs.view(0, [i]),
+                          arrs.view(0, [b.add(i, one)]), arrs.entries[3], brow, crow,
+                          arrs.view(20, [blk, bi, q, p, group]), arrs.view(21, [blk, bi, q, p, group]),
+                          arrs.view(15, [bi, q, p], e0, width), urow, arrs.view(13, [i]), arrs.view(14, [i]),
+                          arrs.entries[12], arrs.view(16, [bi, q, p], e0, width), arrs.entries[17],
+                          arrs.entries[18], dts, weight, arrs.entries[19], arrs.view(22, [slot, bi, q, p, j])])
+        _adjoint_position(lanes, views, lane0s, [bounded])
+
+
 # The kernels call these; each returns the channels it handled (the whole block, or 0: then the kernel's
 # scalar loop runs, which is also the reference these are tested against).
 
@@ -544,30 +620,27 @@ def forward_walk_simd(typingctx, h, a2, Bm, Cm, u, delta, weight, bias, D, y, sa
     Returns 0 (the kernel's own loop runs) unless softplus is on and the delta is low-rank (R > 0).
     """
 
-    def ready(arrs: Views, scalars: list[ir.Value]) -> ir.Value:
-        rank = arrs.shape(6)[1]
-        return arrs.b.and_(scalars[6], arrs.b.icmp_signed(">", rank, ir.Constant(rank.type, 0)))
-
     return _whole_block(_forward_walk, (h, a2, Bm, Cm, u, delta, weight, bias, D, y, saved),
-                        (batch_index, q, j, k, group, e0, softplus, bounded, save, segment), ready)
+                        (batch_index, q, j, k, group, e0, softplus, bounded, save, segment),
+                        lambda arrs, scalars: _low_rank_softplus(arrs, 6, scalars[6]))
 
 
 @intrinsic
-def recompute_position_simd(typingctx, prev, nxt, decay, a2, brow, urow, dts, weight, bias, dt_out, sig_out,  # type: ignore[no-untyped-def]
-                            softplus, bounded):
-    """One whole recompute step of scan_backward (low-rank delta, softplus): see :func:`_recompute_position`."""
-    return _whole_block(_recompute_position, (prev, nxt, decay, a2, brow, urow, dts, weight, bias, dt_out, sig_out),
-                        (softplus, bounded), lambda arrs, scalars: _low_rank_softplus(arrs, scalars, 7, 0))
+def backward_segment_simd(typingctx, states, decays, a2, ak, g, gA, Bm, Cm, u, delta, weight, bias, D, dts, sigs,  # type: ignore[no-untyped-def]
+                          grad_y, grad_u, gbias, gD, gW, grad_B, grad_C, grad_delta, batch_index, q, j, k, group, e0,
+                          blk, slot, t0, t1, softplus, bounded):
+    """One segment of one walk of scan_backward (low-rank delta, softplus): see :func:`_backward_segment`.
 
+    Returns 0 (the kernel's own loops run) unless softplus is on and the delta is low-rank (R > 0).
+    """
+    arrays = (states, decays, a2, ak, g, gA, Bm, Cm, u, delta, weight, bias, D, dts, sigs, grad_y, grad_u, gbias,
+              gD, gW, grad_B, grad_C, grad_delta)
 
-@intrinsic
-def adjoint_position_simd(typingctx, g, ga, decay, prev, cur, ak, brow, crow, gbrow, gcrow, gy, urow, dt, sig, D,  # type: ignore[no-untyped-def]
-                          gu, gbias, gD, dts, weight, gweight, gdts, bounded):
-    """One whole adjoint step of scan_backward (low-rank delta): see :func:`_adjoint_position`."""
-    arrays = (g, ga, decay, prev, cur, ak, brow, crow, gbrow, gcrow, gy, urow, dt, sig, D, gu, gbias, gD, dts, weight,
-              gweight, gdts)
-    return _whole_block(_adjoint_position, arrays, (bounded,),
-                        lambda arrs, scalars: _low_rank_softplus(arrs, scalars, 19, None))
+    def body(lanes: Lanes, arrs: Views, lane0s: list[ir.Value], scalars: list[ir.Value]) -> None:
+        _backward_segment(lanes, arrs, lane0s, [*scalars[:-2], scalars[-1]])
+
+    return _whole_block(body, arrays, (batch_index, q, j, k, group, e0, blk, slot, t0, t1, softplus, bounded),
+                        lambda arrs, scalars: _low_rank_softplus(arrs, 10, scalars[-2]))
 
 
 @intrinsic

@@ -53,4 +53,16 @@ def start_threads() -> None:
         torch.set_num_threads(wanted)
 
 
+
+def follow_torch_threads() -> int:
+    """Give numba's next parallel region torch's thread count (the one knob users and ``--threads`` set)."""
+    import numba
+    import torch
+
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    return threads
+
+
 configure_numba()

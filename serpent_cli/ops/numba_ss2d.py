@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 # isort: off
-from serpent_cli import numba_setup  # noqa: F401  (first: numba's cache folder and CPU target)
+from serpent_cli.numba_setup import follow_torch_threads  # first: numba's cache folder and CPU target
 # isort: on
 import numba
 import torch
@@ -248,9 +248,7 @@ def fused_gate_applies(y: torch.Tensor, z: torch.Tensor, norm: torch.nn.LayerNor
 
 def conv_silu_numba(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
     """silu(conv(x)) of a channels-last map x (b, H, W, E), in the two scan orders: (b, 2, H W, E)."""
-    from serpent_cli.ops.scan_numba import _threads
-
-    _threads()
+    follow_torch_threads()
     batch, height, width, channels = x.shape
     taps = conv.weight.detach()[:, 0].permute(1, 2, 0).contiguous()  # (k, k, E)
     out = torch.empty(batch, 2, height * width, channels, dtype=torch.float32)
@@ -261,9 +259,7 @@ def conv_silu_numba(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
 def gated_norm_numba(y: torch.Tensor, z: torch.Tensor, norm: torch.nn.LayerNorm, height: int,
                      width: int) -> torch.Tensor:
     """LayerNorm(the two scan orders of ``y`` added in image order) * silu(z), as (b, H, W, E)."""
-    from serpent_cli.ops.scan_numba import _threads
-
-    _threads()
+    follow_torch_threads()
     batch, _, _, channels = y.shape
     out = torch.empty(batch, height, width, channels, dtype=torch.float32)
     gate_kernel(y.detach().contiguous().numpy(), z.detach().numpy(), norm.weight.detach().contiguous().numpy(),

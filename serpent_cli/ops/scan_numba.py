@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from serpent_cli.numba_setup import start_threads
+from serpent_cli.numba_setup import follow_torch_threads, start_threads
 from serpent_cli.ops import numba_kernels as kernels
 from serpent_cli.ops.scan_torch import _compute_dtype  # one rule: fp64 stays fp64, else fp32
 
@@ -48,16 +48,6 @@ def forward_compile_pending() -> bool:
         return False
 
 
-def _threads() -> int:
-    """Follow torch's thread count (the one knob users and ``--threads`` set) for numba too."""
-    import numba
-
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != threads:
-        numba.set_num_threads(threads)
-    return threads
-
-
 def channel_block(channels: int, batch: int, threads: int | None = None) -> int:
     """Channels per work item: a divisor of ``channels``, as wide as possible up to MAX_BLOCK.
 
@@ -66,7 +56,7 @@ def channel_block(channels: int, batch: int, threads: int | None = None) -> int:
     iterations), so a block is narrowed only until every thread has a work item, and never
     below MIN_BLOCK when ``channels`` has such a divisor.
     """
-    threads = threads or _threads()
+    threads = threads or follow_torch_threads()
     divisors = [d for d in range(min(channels, MAX_BLOCK), 0, -1) if channels % d == 0]
     chosen = divisors[0]
     for d in divisors:
@@ -84,7 +74,7 @@ def _run_forward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional,
     directions, n_state = orders * delta.shape[3], A.shape[2]
     dtype = u.dtype
     groups = Bm.shape[3]
-    block = channel_block(channels if directional else channels // groups, batch * orders, _threads())
+    block = channel_block(channels if directional else channels // groups, batch * orders, follow_torch_threads())
     y = torch.empty(batch, orders, length, channels, dtype=dtype)
     n_saved = -(-length // SEGMENT) if keep else 0
     saved = torch.empty(batch, directions, n_saved, n_state, channels, dtype=dtype)
@@ -101,7 +91,7 @@ def _run_backward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional
     directions, n_state = orders * delta.shape[3], A.shape[2]
     groups = Bm.shape[3]
     dtype = u.dtype
-    block = channel_block(channels if directional else channels // groups, batch * orders, _threads())
+    block = channel_block(channels if directional else channels // groups, batch * orders, follow_torch_threads())
     blocks = channels // block
     rank = dt_weight.shape[1]
     grad_u = torch.empty_like(u)

@@ -158,7 +158,7 @@ def _register_serpent(name: str, patch_size: int, description: str, sha256: str,
 _register_serpent("serpent-b", 4, "Serpent, patch 4",
                   "d74b2b43b12f79f44e6360586daf147ba72bab02d9d08ad4a9f0a523b9dd39ed", rank=1)
 _register_serpent("serpent-l", 2, "Serpent, patch 2",
-                  "46a327d12cf9d707cfdaeec85e846ead37d1dd8938dcf085f0dae4832201e3f2", rank=0)
+                  "a8a964d1a8a3390bd67f3b4812f20c8fbef3e2ea0ac2d71e42c8b4863c2ff5a5", rank=0)
 _register_serpent("serpent-h", 1, "Serpent, patch 1",
                   "ac49bd86f54611e41c48cb22814dcbbea06974f8ad95c06c63d7cc1d2d1d1376", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.

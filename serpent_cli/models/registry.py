@@ -160,7 +160,7 @@ _register_serpent("serpent-b", 4, "Serpent, patch 4",
 _register_serpent("serpent-l", 2, "Serpent, patch 2",
                   "a8a964d1a8a3390bd67f3b4812f20c8fbef3e2ea0ac2d71e42c8b4863c2ff5a5", rank=0)
 _register_serpent("serpent-h", 1, "Serpent, patch 1",
-                  "ac49bd86f54611e41c48cb22814dcbbea06974f8ad95c06c63d7cc1d2d1d1376", rank=2)
+                  "48a502e6012d1501370341ed3c51b1c145bb8757f4e714a9525b2673ebfb7cbc", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
                   "3393720490d3ebab781c84a15533474e847a4cb64e7dd54aadfa89e2e509be18", rank=None, in_bench=False)

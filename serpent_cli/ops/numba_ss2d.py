@@ -41,22 +41,11 @@ JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
 TILE_ROWS = 16  # image rows per work item
 
 
-def _pixels(lanes: Lanes, r0: ir.Value, r1: ir.Value, width: ir.Value, channels: ir.Value,
-            pixel: Callable[[ir.Value, ir.Value, Callable], None]) -> None:  # type: ignore[type-arg]
-    """``pixel(r, c, over_channels)`` for every pixel of rows r0..r1, column by column.
-
-    ``over_channels(body)`` runs ``body(e)`` for e = 0, 16, 32, ... < channels (one vector each).
-    """
-    b = lanes.b
-    intp = channels.type
-    vectors = b.sdiv(channels, ir.Constant(intp, LANES))
-
-    def over_channels(body: Callable[[ir.Value], None]) -> None:
-        with cgutils.for_range(b, vectors) as loop:
-            body(b.mul(loop.index, ir.Constant(intp, LANES)))
-
+def _pixels(b: ir.IRBuilder, r0: ir.Value, r1: ir.Value, width: ir.Value,
+            pixel: Callable[[ir.Value, ir.Value], None]) -> None:
+    """``pixel(r, c)`` for every pixel of rows r0..r1, column by column."""
     with cgutils.for_range(b, width) as col, cgutils.for_range(b, r1, start=r0) as row:
-        pixel(row.index, col.index, over_channels)
+        pixel(row.index, col.index)
 
 
 def _orders(b: ir.IRBuilder, r: ir.Value, c: ir.Value, height: ir.Value, width: ir.Value) -> list[ir.Value]:
@@ -103,7 +92,7 @@ def _input_rows(lanes: Lanes, arrs: Views, scalars: list[ir.Value]) -> None:
     wide = ir.Constant(intp, WIDE)
     full, tail = b.sdiv(vectors, wide), b.srem(vectors, wide)
 
-    def pixel(r: ir.Value, c: ir.Value, over_channels: Callable) -> None:  # type: ignore[type-arg]
+    def pixel(r: ir.Value, c: ir.Value) -> None:
         outs = [arrs.view(3, [bi, ir.Constant(intp, q), p])[0] for q, p in enumerate(_orders(b, r, c, height, width))]
         with cgutils.for_range(b, full) as loop:
             chunk(r, c, outs, b.mul(loop.index, ir.Constant(intp, LANES * WIDE)), WIDE)
@@ -111,7 +100,7 @@ def _input_rows(lanes: Lanes, arrs: Views, scalars: list[ir.Value]) -> None:
             with b.if_then(b.icmp_signed("==", tail, ir.Constant(intp, count))):
                 chunk(r, c, outs, b.mul(full, ir.Constant(intp, LANES * WIDE)), count)
 
-    _pixels(lanes, r0, r1, width, channels, pixel)
+    _pixels(b, r0, r1, width, pixel)
 
 
 def _gate_rows(lanes: Lanes, arrs: Views, scalars: list[ir.Value]) -> None:
@@ -130,8 +119,14 @@ def _gate_rows(lanes: Lanes, arrs: Views, scalars: list[ir.Value]) -> None:
     inverse = b.fdiv(ir.Constant(F32, 1.0), b.sitofp(channels, F32))
     sqrt = cgutils.get_or_insert_function(b.module, ir.FunctionType(F32, [F32]), "llvm.sqrt.f32")
     zero = lanes.const(0.0)
+    vectors = b.sdiv(channels, ir.Constant(intp, LANES))
 
-    def pixel(r: ir.Value, c: ir.Value, over_channels: Callable) -> None:  # type: ignore[type-arg]
+    def over_channels(body: Callable[[ir.Value], None]) -> None:
+        """``body(e)`` for e = 0, 16, 32, ... < channels (one vector each)."""
+        with cgutils.for_range(b, vectors) as loop:
+            body(b.mul(loop.index, ir.Constant(intp, LANES)))
+
+    def pixel(r: ir.Value, c: ir.Value) -> None:
         y0, y1 = (arrs.view(0, [bi, ir.Constant(intp, q), p])[0] for q, p in enumerate(_orders(b, r, c, height, width)))
         zr = arrs.view(1, [bi, r, c])[0]
         out = arrs.view(4, [bi, r, c])[0]
@@ -161,7 +156,7 @@ def _gate_rows(lanes: Lanes, arrs: Views, scalars: list[ir.Value]) -> None:
 
         over_channels(gate)
 
-    _pixels(lanes, r0, r1, width, channels, pixel)
+    _pixels(b, r0, r1, width, pixel)
 
 
 def _rows_intrinsic(body: Callable, arrays: tuple, scalars: tuple):  # type: ignore[type-arg,no-untyped-def]

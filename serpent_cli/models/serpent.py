@@ -23,6 +23,7 @@ from serpent_cli.ops import (
     selective_scan,
     ss2d_scan_orders,
 )
+from serpent_cli.ops.workspace import Workspace, linear_into_scratch, matmul_into_scratch
 
 NUM_DIRECTIONS = 4
 
@@ -84,14 +85,23 @@ class SS2D(nn.Module):
         self.A_log.copy_(torch.log(torch.arange(1, self.n_state + 1, dtype=torch.float32)).expand_as(self.A_log))
         self.D.fill_(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, E) each
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """SS2D of x (B, H, W, C), plus ``residual`` (same shape) when given, added inside out_proj's matmul."""
+        x, z = linear_into_scratch("ss2d.in_proj", x, self.in_proj).chunk(2, dim=-1)  # (B, H, W, E) each
         if directional_backend(x.device):
             _, h, w, _ = x.shape
             y = self._scan_in_place(conv_silu_to_scan_orders(x, self.conv))
-            return self.out_proj(gated_norm_from_scan_orders(y, z, self.out_norm, h, w))
+            return self._project_out(gated_norm_from_scan_orders(y, z, self.out_norm, h, w), residual)
         x = F.silu(self.conv(x.permute(0, 3, 1, 2)))  # (B, E, H, W)
-        return self.out_proj(self.out_norm(self._scan_unrolled(x)) * F.silu(z))
+        return self._project_out(self.out_norm(self._scan_unrolled(x)) * F.silu(z), residual)
+
+    def _project_out(self, gated: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """out_proj(gated) [+ residual]: one addmm rather than a matmul and a pass over both maps to add them."""
+        if residual is None:
+            return self.out_proj(gated)
+        flat = torch.addmm(residual.reshape(-1, residual.shape[-1]), gated.reshape(-1, gated.shape[-1]),
+                           self.out_proj.weight.t())
+        return flat.view(residual.shape)
 
     def _ssm_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A = -exp(A_log), D and the delta bias in fp32 (the scan's parameters)."""
@@ -111,7 +121,7 @@ class SS2D(nn.Module):
         weight = self.x_proj_weight.view(2, 2, r + 2 * n, e).transpose(0, 1)  # (order q, walk j, R + 2N, E)
         parts = torch.split(weight, [r, n, n], dim=2)
         proj = torch.cat([part.reshape(2, -1, e) for part in parts], dim=1).transpose(1, 2)  # (2, E, 2(R+2N))
-        x_dbl = torch.matmul(xq, proj)  # (B, 2, L, [dt_j0 dt_j1 | B_j0 B_j1 | C_j0 C_j1])
+        x_dbl = matmul_into_scratch("ss2d.x_proj", xq, proj)  # (B, 2, L, [dt_j0 dt_j1 | B_j0 B_j1 | C_j0 C_j1])
         dts, Bs, Cs = (t.unflatten(3, (2, -1)) for t in torch.split(x_dbl, [2 * r, 2 * n, 2 * n], dim=3))
         A, D, bias = self._ssm_tensors()
         return ss2d_scan_orders(xq, dts, A.view(NUM_DIRECTIONS, e, n), Bs, Cs, D.view(NUM_DIRECTIONS, e), bias,
@@ -148,7 +158,7 @@ class VSSBlock(nn.Module):
         self.ss2d = SS2D(channels, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.ss2d(self.norm(x))
+        return self.ss2d(self.norm(x), residual=x)
 
 
 class SBlock(nn.Module):
@@ -218,9 +228,16 @@ class Serpent(nn.Module):
         self.out_norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.head = nn.Linear(dim, config.in_chans * p * p)
         self.apply(_init_linear)
+        # The SS2D blocks' large intermediates, kept between inference passes of one input shape
+        # (serpent_cli.ops.workspace: fresh 17-34 MB maps page-fault on every pass); not part of the state.
+        self.workspace = Workspace()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) of any size -> same shape; reflect-padded internally to a multiple of P*8."""
+        with self.workspace.active():  # inference only
+            return self._forward(image)
+
+    def _forward(self, image: torch.Tensor) -> torch.Tensor:
         _, _, height, width = image.shape
         x = pad_to_multiple(image, self.config.pad_multiple)
         feats = self.patchify(x).permute(0, 2, 3, 1)

@@ -36,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from serpent_cli.ops.numba_simd import F32, LANES, WIDE, Lanes, Views, has_avx512
+from serpent_cli.ops.workspace import scratch
 
 JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
 TILE_ROWS = 16  # image rows per work item
@@ -246,7 +247,7 @@ def conv_silu_numba(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
     follow_torch_threads()
     batch, height, width, channels = x.shape
     taps = conv.weight.detach()[:, 0].permute(1, 2, 0).contiguous()  # (k, k, E)
-    out = torch.empty(batch, 2, height * width, channels, dtype=torch.float32)
+    out = scratch("ss2d.scan_in", (batch, 2, height * width, channels), x)
     input_kernel(x.detach().numpy(), taps.numpy(), conv.bias.detach().contiguous().numpy(), out.numpy())
     return out
 
@@ -256,7 +257,7 @@ def gated_norm_numba(y: torch.Tensor, z: torch.Tensor, norm: torch.nn.LayerNorm,
     """LayerNorm(the two scan orders of ``y`` added in image order) * silu(z), as (b, H, W, E)."""
     follow_torch_threads()
     batch, _, _, channels = y.shape
-    out = torch.empty(batch, height, width, channels, dtype=torch.float32)
+    out = scratch("ss2d.gated", (batch, height, width, channels), y)
     gate_kernel(y.detach().contiguous().numpy(), z.detach().numpy(), norm.weight.detach().contiguous().numpy(),
                 norm.bias.detach().contiguous().numpy(), float(norm.eps), out.numpy())
     return out

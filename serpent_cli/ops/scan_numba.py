@@ -20,6 +20,7 @@ import torch
 from serpent_cli.numba_setup import follow_torch_threads, start_threads
 from serpent_cli.ops import numba_kernels as kernels
 from serpent_cli.ops.scan_torch import _compute_dtype  # one rule: fp64 stays fp64, else fp32
+from serpent_cli.ops.workspace import scratch
 
 NUM_DIRECTIONS = 4
 # Positions per saved boundary state: the backward recomputes one segment's states into a
@@ -68,14 +69,18 @@ def channel_block(channels: int, batch: int, threads: int | None = None) -> int:
     return chosen
 
 
-def _run_forward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional, keep):  # type: ignore[no-untyped-def]
-    """Run the forward kernel on the kernel's layout (see numba_kernels); returns y and the boundary states."""
+def _run_forward(u, delta, dt_weight, A, Bm, Cm, D, bias, softplus, directional, keep, y_role=None):  # type: ignore[no-untyped-def]
+    """Run the forward kernel on the kernel's layout (see numba_kernels); returns y and the boundary states.
+
+    ``y_role``: y goes into that :func:`~serpent_cli.ops.workspace.scratch` buffer (fresh unless one is being reused).
+    """
     batch, orders, length, channels = u.shape
     directions, n_state = orders * delta.shape[3], A.shape[2]
     dtype = u.dtype
     groups = Bm.shape[3]
     block = channel_block(channels if directional else channels // groups, batch * orders, follow_torch_threads())
-    y = torch.empty(batch, orders, length, channels, dtype=dtype)
+    shape = (batch, orders, length, channels)
+    y = scratch(y_role, shape, u) if y_role else torch.empty(shape, dtype=dtype)
     n_saved = -(-length // SEGMENT) if keep else 0
     saved = torch.empty(batch, directions, n_saved, n_state, channels, dtype=dtype)
     kernels.scan_forward(
@@ -193,7 +198,7 @@ class DirectionalScan(torch.autograd.Function):
         args = (_contiguous(u, dtype), loose(delta, dtype), weight, _contiguous(A, dtype), _rows_view(B, dtype),
                 _rows_view(C, dtype), _contiguous(D, dtype), _contiguous(delta_bias, dtype))
         keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
-        y, saved = _run_forward(*args, True, True, keep)
+        y, saved = _run_forward(*args, True, True, keep, y_role="ss2d.scan_out")
         ctx.save_for_backward(*args, saved)
         ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, dt_weight, A, B, C, D, delta_bias)]
         return y.to(u.dtype)

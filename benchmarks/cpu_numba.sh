@@ -16,6 +16,9 @@ python benchmarks/cpu_forward.py --threads 2 --backend numba --state-divisor 6 -
   --json "$out/cpu-forward-numba-c6.json"
 python benchmarks/cpu_forward.py --threads 2 --backend torch --state-divisor 6 --variants serpent-b serpent-l \
   --json "$out/cpu-forward-torch-c6.json"
+echo "== forward 512x512, 2 threads, paired: the models in one process, in turn; time ratios to U-Net(32)"
+python benchmarks/cpu_forward.py --paired --variants serpent-b serpent-l unet-32 --repeats 15 \
+  --json "$out/cpu-forward-paired.json"
 echo "== training step (forward, backward, Adam), batch 4 of 96x96, 1 thread"
 python benchmarks/cpu_train_step.py --threads 1 --size 96 --batch 4 --steps 3 --backend numba \
   --variants serpent-b serpent-l serpent-h unet-32 --json "$out/cpu-train-numba.json"

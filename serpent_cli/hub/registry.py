@@ -40,7 +40,7 @@ TRAINING_DATA = (
     "natural-train (170 photos) + faces-train (60 faces), validated on natural-val; benchmark degradation: "
     "Gaussian blur 61x61 sigma 3.0 + Gaussian noise sigma 0.05 (serpent-l-blind: the blind family); CPU "
     "budget: 2000 steps of 4 crops of 96x96, Adam lr 1e-3 cosine, seed 0 (scripts/train_weights.sh cpu), "
-    "run again from the previous weights (INIT_DIR=weights): serpent-l and serpent-l-blind four "
+    "run again from the previous weights (INIT_DIR=weights): serpent-l-blind five times, serpent-l four "
     "times, serpent-b three times, serpent-h twice"
 )
 
@@ -83,8 +83,8 @@ REFERENCE_CHECKS: dict[str, dict[str, dict[str, float | None]]] = {
                   "kodak24/kodim23.png": {"gain_db": 4.385, "grid": 1.316}},
     "serpent-h": {"kodak24/kodim03.png": {"gain_db": 4.448, "grid": None},
                   "kodak24/kodim23.png": {"gain_db": 4.29, "grid": None}},
-    "serpent-l-blind": {"kodak24/kodim03.png": {"gain_db": 3.562, "grid": 1.32},
-                        "kodak24/kodim23.png": {"gain_db": 3.581, "grid": 1.294}},
+    "serpent-l-blind": {"kodak24/kodim03.png": {"gain_db": 3.631, "grid": 1.342},
+                        "kodak24/kodim23.png": {"gain_db": 3.658, "grid": 1.308}},
 }
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -163,7 +163,7 @@ _register_serpent("serpent-h", 1, "Serpent, patch 1",
                   "48a502e6012d1501370341ed3c51b1c145bb8757f4e714a9525b2673ebfb7cbc", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
-                  "3393720490d3ebab781c84a15533474e847a4cb64e7dd54aadfa89e2e509be18", rank=None, in_bench=False)
+                  "a2d88a4c9a7298b4cd9327a08a92b62a73f334583a2efc68064e95ab5a72ee1c", rank=None, in_bench=False)
 for _width in (32, 64, 128):
     register_model(f"unet-{_width}", _unet(_width), family="unet", description=f"U-Net, {_width} channels",
                    trainable=True)

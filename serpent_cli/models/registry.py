@@ -160,7 +160,7 @@ _register_serpent("serpent-b", 4, "Serpent, patch 4",
 _register_serpent("serpent-l", 2, "Serpent, patch 2",
                   "a8a964d1a8a3390bd67f3b4812f20c8fbef3e2ea0ac2d71e42c8b4863c2ff5a5", rank=0)
 _register_serpent("serpent-h", 1, "Serpent, patch 1",
-                  "48a502e6012d1501370341ed3c51b1c145bb8757f4e714a9525b2673ebfb7cbc", rank=2)
+                  "ca6cb93154908513000c770dbb71122e864c92da41658abfe79b6b4914681976", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
                   "a2d88a4c9a7298b4cd9327a08a92b62a73f334583a2efc68064e95ab5a72ee1c", rank=None, in_bench=False)

@@ -123,3 +123,16 @@ def test_passes_do_not_nest_and_copies_start_empty() -> None:
         assert scratch("role", (4,), like).shape == (4,)  # another shape replaces the role's buffer
     assert outer.held_bytes() == 16 and inner.held_bytes() == 0
     assert copy.deepcopy(outer).held_bytes() == 0
+
+
+def test_inference_mode_and_no_grad_passes_alternate() -> None:
+    """Buffers made under inference_mode are replaced, not written, by a no_grad pass (and back)."""
+    model = _model()
+    (image,) = _images((64, 64))
+    with torch.inference_mode():
+        first = model(image).clone()
+    with torch.no_grad():
+        second = model(image)
+    with torch.inference_mode():
+        third = model(image)
+    assert torch.equal(first, second) and torch.equal(first, third)

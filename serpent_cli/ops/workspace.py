@@ -54,9 +54,14 @@ class Workspace:
             _current.workspace = None
 
     def get(self, role: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """The role's buffer when it has this shape, dtype and device; else a new one that replaces it."""
+        """The role's buffer when it has this shape, dtype and device; else a new one that replaces it.
+
+        A buffer made under ``torch.inference_mode`` cannot be written outside it (nor the reverse be
+        reused inside it without becoming one), so a change of mode also replaces it.
+        """
         buffer = self._buffers.get(role)
-        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+        if (buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device
+                or buffer.is_inference() != torch.is_inference_mode_enabled()):
             self._buffers.pop(role, None)  # freed before the new one is allocated: never two per role
             buffer = self._buffers[role] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buffer

@@ -25,7 +25,7 @@ from serpent_cli.errors import UsageError, WeightsError
 from serpent_cli.io.imageio import Picture
 from serpent_cli.io.tile_options import DEFAULT_OVERLAP
 from serpent_cli.io.tiling import bytes_per_pixel_estimate, run_tiled
-from serpent_cli.models.registry import check_variant, default_order
+from serpent_cli.models.registry import alternative_for_photos, check_variant, default_order, model_info
 from serpent_cli.ops import directional_backend
 
 LUMA = (0.299, 0.587, 0.114)
@@ -120,6 +120,24 @@ def load_restoration_model(model: str | None, weights: Path | None) -> tuple[nn.
         return net, net.config.name, weights  # type: ignore[union-attr]
     name, path = pretrained_weights(model)
     return load_model(path, expected_name=name), name, path
+
+
+def default_choice_note(name: str) -> str | None:
+    """The line to show when ``name`` was picked without --model: what it is for, and the other model here.
+
+    The default reproduces the paper's benchmark and over-sharpens an ordinary photo, so a first run names the
+    model made for photos (only when its weights are here to use).
+    """
+    from serpent_cli.hub.client import resolve_pretrained
+
+    other = alternative_for_photos(name)
+    if other is None:
+        return None
+    try:
+        resolve_pretrained(other)
+    except WeightsError:
+        return None
+    return f"model: {name}, made for {model_info(name).trained_for}; for {model_info(other).purpose}: --model {other}"
 
 
 def pretrained_weights(model: str | None) -> tuple[str, Path]:

@@ -53,24 +53,52 @@ def test_help_paragraphs_are_not_split_mid_sentence(serpent_cmd: list[str]) -> N
             assert any(paragraph in line for line in lines), (name, paragraph)
 
 
-def test_models_table_fits_80_columns_without_splitting_names(serpent_cmd: list[str]) -> None:
-    # An 80-column terminal (TTY_COMPATIBLE: Rich treats the pipe as one).
-    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TTY_COMPATIBLE": "1"}
+def test_models_fit_80_columns_without_splitting_names(serpent_cmd: list[str]) -> None:
+    """An 80-column terminal gets one block per model: names, repo ids and what each model is for, whole."""
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TTY_COMPATIBLE": "1"}  # Rich treats the pipe as one
     out = subprocess.run([*serpent_cmd, "models"], capture_output=True, text=True, env=env, check=True).stdout
     out = re.sub(r"\x1b\[[0-9;]*m", "", out)  # bold / italic styles (NO_COLOR only drops colours)
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80, out
-    for name in ("serpent-b", "serpent-l", "serpent-h"):
-        assert any(f"serpent-cli/{name}" in line for line in lines), out  # repo ids never cut mid-word
+    for name in ("serpent-b", "serpent-l", "serpent-h", "serpent-l-blind"):
+        assert any(f"serpent-cli/{name} @ main" in line for line in lines), out  # repo ids never cut mid-word
+    blocks = _blocks(lines)
+    assert "(default)" in blocks["serpent-l"][0] and "(default)" not in blocks["serpent-b"][0], out
+    assert any(line.split() == ["for", "everyday", "photos", "(any", "blur", "kind", "or", "none,", "noise,", "JPEG)"]
+               for line in blocks["serpent-l-blind"]), out
+    assert any("for     the benchmark blur" in line for line in blocks["serpent-h"]), out
+
+
+def _blocks(lines: list[str]) -> dict[str, list[str]]:
+    """The narrow layout's blocks by model name (a block starts with an unindented line)."""
+    blocks: dict[str, list[str]] = {}
+    for line in lines:
+        if line and not line.startswith(" "):
+            blocks[line.split()[0]] = [line]
+        elif blocks and line:
+            blocks[list(blocks)[-1]].append(line)
+    return blocks
 
 
 def test_tables_sent_to_a_pipe_are_not_squeezed(serpent_cmd: list[str]) -> None:
-    """`serpent models | less`: each cell's line whole, not wrapped at 80 columns."""
+    """`serpent models | less`: the table whole, each cell's lines unwrapped, not squeezed to 80 columns."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80"}  # $COLUMNS does not squeeze a pipe
     out = subprocess.run([*serpent_cmd, "models"], capture_output=True, text=True, env=env, check=True).stdout
-    rows = {line.split("│")[1].strip(): line for line in out.splitlines()
-            if line.startswith("│") and line.split("│")[1].strip()}
-    assert set(rows) >= {"serpent-b", "serpent-l", "serpent-l-blind", "serpent-h"}, out
-    for name, row in rows.items():
-        assert f"serpent-cli/{name}" in row, out
-    assert re.search(r"PSNR [\d.]+-[\d.]+ dB on \d+ sets \(--json: all\)", rows["serpent-b"]), out
+    rows: dict[str, list[list[str]]] = {}  # model -> its table lines, split into cells
+    for line in out.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if not cells:
+            continue
+        if cells[0] and not cells[0].startswith("("):
+            rows[cells[0]] = []
+        if rows:
+            rows[list(rows)[-1]].append(cells)
+    assert set(rows) == {"serpent-b", "serpent-l", "serpent-l-blind", "serpent-h"}, out
+    for name, lines in rows.items():
+        assert lines[0][3] == f"serpent-cli/{name}", out
+    assert rows["serpent-l"][1][0] == "(default)", out
+    assert rows["serpent-b"][0][2] == "the benchmark blur (Gaussian sigma 3 + noise 0.05)", out
+    assert rows["serpent-l-blind"][0][2] == "everyday photos (any blur kind or none, noise, JPEG)", out
+    assert re.fullmatch(r"PSNR [\d.]+-[\d.]+ dB on 6 sets \(--json: all\)", rows["serpent-b"][1][2]), out
+    blind = [cells[2] for cells in rows["serpent-l-blind"]]
+    assert re.fullmatch(r"PSNR [\d.]+-[\d.]+ dB on 2 sets \(blind\) \(--json: all\)", blind[2]), out

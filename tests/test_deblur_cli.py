@@ -22,6 +22,7 @@ from deblur_helpers import crop, make_weights, one_thread, run  # noqa: F401  (o
 from numba_cache import NumbaCache
 from PIL import Image, ImageCms
 
+from serpent_cli.hub.local import bundled_weights_dir
 from serpent_cli.io.imageio import ORIENTATION_TAG, read_picture
 from serpent_cli.restore import Restorer, RestoreReport
 
@@ -251,6 +252,16 @@ def test_default_model_glob_and_name_template(batch, weights: Path, serpent_cmd:
     assert proc.returncode == 0, proc.stderr.decode()
     assert json.loads(proc.stdout)["model"] == "serpent-b"
     assert sorted(p.name for p in work.iterdir()) == ["photo.png", "photo_deblurred-serpent-b.webp"]
+    assert "model:" not in proc.stderr.decode()  # no model for photos here to point to
+    # With the photo model at hand, a run on the default names it (once); an explicit --model does not.
+    shutil.copy(bundled_weights_dir() / "serpent-l-blind.safetensors", folder)
+    proc = run([*cmd, "--overwrite"], env=env)
+    notes = [line for line in proc.stderr.decode().splitlines() if line.startswith("model:")]
+    assert proc.returncode == 0 and notes == [
+        "model: serpent-b, made for the benchmark blur (Gaussian sigma 3 + noise 0.05); "
+        "for everyday photos: --model serpent-l-blind"], proc.stderr.decode()
+    proc = run([*cmd, "--overwrite", "--model", "serpent-b"], env=env)
+    assert proc.returncode == 0 and "model:" not in proc.stderr.decode()
 
 
 class _Overflows(torch.nn.Module):

@@ -49,3 +49,13 @@ def test_blind_model_does_no_harm_to_sharp_photos(data_dir: Path) -> None:
         with torch.inference_mode():
             restored = blind(clean).clamp(0, 1)
         assert float(psnr(restored[0], clean[0])) >= 35.0, photo
+
+
+def test_registry_metrics_are_the_committed_eval_figures() -> None:
+    """What `serpent models` and the model cards show comes from benchmarks/results/eval, never typed by hand."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "registry_metrics.py"
+    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -57,7 +58,7 @@ def test_train_writes_loadable_weights_states_and_log(serpent_cmd: list[str], sm
     run = tmp_path / "run"
     proc = _train(serpent_cmd, small_train, run, "--model", "serpent-b", "--steps", "4", "--save-every", "2")
     assert "skipped 2 file(s)" in proc.stderr and "notes.txt" in proc.stderr and "broken.jpg" in proc.stderr
-    assert "12 images" in proc.stderr
+    assert "12 images, benchmark degradation" in proc.stderr
     assert "Traceback" not in proc.stderr
     model = create_model("serpent-b", weights=run / "model.safetensors")
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
@@ -204,6 +205,25 @@ def test_existing_run_is_never_clobbered(serpent_cmd: list[str], small_train: Pa
     wrong = _train(serpent_cmd, small_train, run, "--model", "serpent-b", "--steps", "3", "--resume", check=False)
     assert wrong.returncode == 2 and "trains unet-32, not serpent-b" in wrong.stderr
     assert (run / "model.safetensors").read_bytes() == before
+
+
+def test_the_degradation_follows_the_model_and_a_resume_keeps_it(serpent_cmd: list[str], small_train: Path,
+                                                                 tmp_path: Path) -> None:
+    """Fine-tuning the photo model learns the blind family unasked; --resume never switches degradation."""
+    run = tmp_path / "photos"
+    proc = _train(serpent_cmd, small_train, run, "--model", "serpent-l-blind", "--steps", "1", "--save-every", "1")
+    assert "12 images, blind degradation" in proc.stderr
+    assert json.loads((run / "run.json").read_text())["degradation"] == "blind"
+    before = (run / "model.safetensors").read_bytes()
+    wrong = _train(serpent_cmd, small_train, run, "--model", "serpent-l-blind", "--steps", "2", "--resume",
+                   "--degradation", "benchmark", check=False)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.strip().splitlines() == [
+        f"error: {run} trains under the blind degradation, not benchmark; pass --degradation blind to resume it, "
+        "or choose another --out"], wrong.stderr
+    assert (run / "model.safetensors").read_bytes() == before
+    again = _train(serpent_cmd, small_train, run, "--model", "serpent-l-blind", "--steps", "2", "--resume")
+    assert "blind degradation" in again.stderr and "resuming at step 1" in again.stderr
 
 
 def test_small_images_are_padded_and_corrupt_ones_skipped(serpent_cmd: list[str], data_dir: Path,

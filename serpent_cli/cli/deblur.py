@@ -19,6 +19,7 @@ from serpent_cli.cli.common import (
     ThreadsOption,
     announce_kernel_compile,
     check_compute_options,
+    info,
     use_threads,
     warn,
 )
@@ -36,6 +37,7 @@ from serpent_cli.io.batch import (
     process_image,
 )
 from serpent_cli.io.tile_options import DEFAULT_OVERLAP, check_overlap, parse_tile
+from serpent_cli.models.registry import model_choice_help
 
 if TYPE_CHECKING:
     from serpent_cli.io.imageio import Picture
@@ -51,7 +53,7 @@ def deblur_command(
     output: OutputOption = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="serpent-b, serpent-l or serpent-h (default: first bundled of l, b, h)."),
+        typer.Option("--model", "-m", help=model_choice_help()),
     ] = None,
     weights: Annotated[Path | None, typer.Option("--weights", "-w", help="A serpent .safetensors file.")] = None,
     recursive: RecursiveOption = False,
@@ -106,10 +108,13 @@ def deblur_command(
             dev = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
         net = variant = None
         if runnable:
-            from serpent_cli.restore import load_restoration_model
+            from serpent_cli.restore import default_choice_note, load_restoration_model
 
             net, variant, _ = load_restoration_model(model, weights)
             naming.fields["model"] = variant
+            note = default_choice_note(variant) if model is None and weights is None else None
+            if note and main_rank:
+                info(note)
         assign_outputs(jobs, naming)
         restorer = None
         if net is not None:

@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from serpent_cli.cli.common import DeviceOption, ThreadsOption, check_compute_options, info, use_threads, warn
+from serpent_cli.models.registry import trainable_models
 
 
 def train_command(
     data: Annotated[list[Path], typer.Argument(
         help="Folder(s) of clean training images (read recursively; several are used together).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="serpent-b, serpent-l, serpent-h or unet-32/64/128.")]
-    = "serpent-b",
+    model: Annotated[str, typer.Option("--model", "-m", help=f"{', '.join(trainable_models())}.")] = "serpent-b",
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, log.csv, model.safetensors.")]
     = Path("runs/serpent"),
     val: Annotated[Path | None, typer.Option(help="Folder of validation images (fixed seeded degradation).")]
@@ -53,9 +53,10 @@ def train_command(
     rotate: Annotated[bool, typer.Option(help="Random 90-degree rotations besides the flips.")] = True,
     cache_mb: Annotated[float, typer.Option(help="Memory for decoded training images, MiB (least recently used out).")]
     = 2048.0,
-    degradation: Annotated[str, typer.Option(
-        help="benchmark (Gaussian sigma 3 + noise 0.05, the paper's) or blind (random blur kinds, noise, JPEG).")]
-    = "benchmark",
+    degradation: Annotated[str | None, typer.Option(
+        help="benchmark (Gaussian sigma 3 + noise 0.05, the paper's) or blind (random blur kinds, noise, JPEG). "
+             "Default: the resumed run's, else what --model is for (blind for serpent-l-blind).",
+        show_default=False)] = None,
     threads: ThreadsOption = 0,
 ) -> None:
     """Train a model on folders of clean photos (on-the-fly degradation); torchrun for several GPUs."""

@@ -28,6 +28,7 @@ from serpent_cli import __version__
 from serpent_cli.errors import SerpentError, UsageError, WeightsError
 from serpent_cli.hub.local import bundled_weights_dir, sha256_file
 from serpent_cli.hub.registry import RegistryEntry, load_registry
+from serpent_cli.models.registry import default_order, list_models, model_info
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -349,7 +350,8 @@ def model_status() -> list[dict[str, Any]]:
     Never touches the network.
     """
     rows = []
-    for entry in load_registry().values():
+    entries = load_registry()
+    for entry in entries.values():
         bundled = bundled_weights_dir() / entry.bundled_filename
         bundled_path = bundled if bundled.is_file() else None
         cached_path = cached_file(entry.repo_id, entry.filename, entry.revision)
@@ -372,9 +374,23 @@ def model_status() -> list[dict[str, Any]]:
                 "path": str(local) if local is not None else None,
                 "pin_ok": pin_ok,
                 "url": f"{endpoint()}/{entry.repo_id}" if entry.published else None,
+                "trained_for": _trained_for(entry),
+                "default": False,
             }
         )
+    # The one `serpent deblur` / `serpent eval` use without --model: the first of the default order found here.
+    here = {row["name"]: row for row in rows if row["status"] in ("bundled", "cached")}
+    chosen = next((name for name in default_order() if name in here), None)
+    if chosen is not None:
+        here[chosen]["default"] = True
     return rows
+
+
+def _trained_for(entry: RegistryEntry) -> str | None:
+    """What the entry's architecture is for (``ModelInfo.trained_for``), when it is one of ours."""
+    if entry.architecture is None or entry.architecture not in list_models():
+        return None
+    return model_info(entry.architecture).trained_for
 
 
 def registered_pin(path: Path) -> tuple[str, str] | None:

@@ -140,6 +140,9 @@ def model_card(
             "Benchmark degradation: Gaussian blur 61x61, sigma 3.0, plus Gaussian noise sigma 0.05, seeded per image "
             "(`serpent eval`).",
         ]
+        if any(dataset.startswith("blind/") for dataset in metrics):
+            lines.append("Sets named blind/SET: the blind family instead (Gaussian, motion or defocus blur of random "
+                         "strength or none, noise, JPEG; `serpent eval --degradation blind`), seeded per image.")
     else:
         lines.append(
             "No evaluation metrics were recorded for these weights (run `serpent eval` and export with "

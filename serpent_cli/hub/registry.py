@@ -44,8 +44,9 @@ TRAINING_DATA = (
     "times, serpent-b and serpent-h three times"
 )
 
-# `serpent eval` (PSNR dB / SSIM) of the bundled weights under the benchmark degradation: whole test sets
-# (benchmarks/results/eval/*.json, scripts/results_table.py).
+# `serpent eval` (PSNR dB / SSIM) of the bundled weights on whole test sets: set names under the benchmark
+# degradation, blind/SET under the blind family. Written by scripts/registry_metrics.py from
+# benchmarks/results/eval/*.json (scripts/results_table.py --json); a test holds them equal.
 METRICS: dict[str, dict[str, dict[str, float]]] = {
     "serpent-b": {
         "faces-test-256": {"psnr": 25.57, "ssim": 0.533},
@@ -62,6 +63,8 @@ METRICS: dict[str, dict[str, dict[str, float]]] = {
         "kodak24": {"psnr": 25.25, "ssim": 0.659},
         "mcmaster18": {"psnr": 25.99, "ssim": 0.712},
         "set14": {"psnr": 24.15, "ssim": 0.633},
+        "blind/kodak24": {"psnr": 20.68, "ssim": 0.592},
+        "blind/cbsd68": {"psnr": 20.40, "ssim": 0.575},
     },
     "serpent-h": {
         "faces-test-256": {"psnr": 27.88, "ssim": 0.776},
@@ -70,6 +73,12 @@ METRICS: dict[str, dict[str, dict[str, float]]] = {
         "kodak24": {"psnr": 25.28, "ssim": 0.662},
         "mcmaster18": {"psnr": 25.96, "ssim": 0.714},
         "set14": {"psnr": 24.22, "ssim": 0.638},
+    },
+    "serpent-l-blind": {
+        "kodak24": {"psnr": 24.47, "ssim": 0.609},
+        "cbsd68": {"psnr": 23.85, "ssim": 0.578},
+        "blind/kodak24": {"psnr": 27.38, "ssim": 0.764},
+        "blind/cbsd68": {"psnr": 27.05, "ssim": 0.727},
     },
 }
 

@@ -41,6 +41,18 @@ class ModelInfo:
     default_rank: int | None = None  # position in the default choice of deblur / eval (None: never the default)
     needs_spandrel: bool = False  # built from the optional `bench` extra
     in_bench: bool = True  # one of `serpent bench`'s models (not for a second set of weights of one architecture)
+    degradation: str = "benchmark"  # what its weights learn to undo; `serpent train --model NAME` defaults to it
+
+    @property
+    def purpose(self) -> str:
+        """What the model is for, in a user's words: "the benchmark blur", "everyday photos"."""
+        return TRAINED_FOR.get(self.degradation, (self.degradation, ""))[0]
+
+    @property
+    def trained_for(self) -> str:
+        """:attr:`purpose` with what that means ("everyday photos (any blur kind or none, noise, JPEG)")."""
+        detail = TRAINED_FOR.get(self.degradation, (self.degradation, ""))[1]
+        return f"{self.purpose} ({detail})" if detail else self.purpose
 
     @property
     def patch_size(self) -> int | None:
@@ -54,6 +66,12 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+
+TRAINED_FOR = {
+    "benchmark": ("the benchmark blur", "Gaussian sigma 3 + noise 0.05"),
+    "blind": ("everyday photos", "any blur kind or none, noise, JPEG"),
+}
+"""What a model trained on each degradation (``serpent_cli.degradation``) is for, in a user's words, and its detail."""
 
 
 def register_model(name: str, factory: ModelFactory, **fields: Any) -> ModelInfo:
@@ -103,6 +121,23 @@ def default_order() -> tuple[str, ...]:
     return tuple(n for _, n in ranked)
 
 
+def model_choice_help() -> str:
+    """The ``--model`` help of deblur / eval: which shipped model is for what, and which one is the default."""
+    ranked = sorted(shipped_models(), key=lambda info: (info.default_rank is None, info.default_rank or 0))
+    groups: dict[str, list[str]] = {}
+    for info in ranked:
+        groups.setdefault(info.trained_for, []).append(info.name)
+    order = default_order()
+    return "; ".join(f"{', '.join(names)}: {purpose}" for purpose, names in groups.items()) + (
+        f". Default: the first found of {', '.join(order)}." if order else ".")
+
+
+def alternative_for_photos(name: str) -> str | None:
+    """A shipped model trained on another degradation than ``name``'s (serpent-l -> serpent-l-blind), if any."""
+    chosen = model_info(name)
+    return next((info.name for info in shipped_models() if info.degradation != chosen.degradation), None)
+
+
 def check_variant(name: str | None) -> None:
     """A ``--model`` naming no Serpent variant is a usage error (checked before anything is loaded)."""
     known = variants()
@@ -146,10 +181,11 @@ def _spandrel(name: str) -> ModelFactory:
 
 
 def _register_serpent(name: str, patch_size: int, description: str, sha256: str, rank: int | None,
-                      in_bench: bool = True) -> None:
+                      in_bench: bool = True, degradation: str = "benchmark") -> None:
     config = SerpentConfig(name=name, patch_size=patch_size)
     register_model(name, _serpent(config), family="serpent", description=description, config=config,
-                   trainable=True, weights_sha256=sha256, default_rank=rank, in_bench=in_bench)
+                   trainable=True, weights_sha256=sha256, default_rank=rank, in_bench=in_bench,
+                   degradation=degradation)
 
 
 # sha256 of each shipped weights file: `python -m serpent_cli.hub.registry` prints the values after training.
@@ -163,7 +199,8 @@ _register_serpent("serpent-h", 1, "Serpent, patch 1",
                   "ca6cb93154908513000c770dbb71122e864c92da41658abfe79b6b4914681976", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
-                  "a2d88a4c9a7298b4cd9327a08a92b62a73f334583a2efc68064e95ab5a72ee1c", rank=None, in_bench=False)
+                  "a2d88a4c9a7298b4cd9327a08a92b62a73f334583a2efc68064e95ab5a72ee1c", rank=None, in_bench=False,
+                  degradation="blind")
 for _width in (32, 64, 128):
     register_model(f"unet-{_width}", _unet(_width), family="unet", description=f"U-Net, {_width} channels",
                    trainable=True)

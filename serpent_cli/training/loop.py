@@ -40,7 +40,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from serpent_cli.evaluation.metrics import psnr
 from serpent_cli.factory import create_model
 from serpent_cli.hub.weights import save_model
 from serpent_cli.io.folders import ImageFolderScan, scan_image_folder, scan_image_folders
-from serpent_cli.models.registry import list_models, trainable_models
+from serpent_cli.models.registry import list_models, model_info, trainable_models
 from serpent_cli.training.data import RandomCropDataset, SampleRange
 
 STATE_FORMAT = "serpent-train-state"
@@ -124,7 +124,7 @@ class TrainOptions:
     rotate: bool = True
     cache_mb: float = 2048.0
     init: str | None = None
-    degradation: str = "benchmark"
+    degradation: str | None = None  # None: the resumed run's, else what --model is for (ModelInfo.degradation)
 
     @property
     def data_folders(self) -> list[str]:
@@ -161,7 +161,30 @@ class TrainOptions:
             raise UsageError(f"--cache-mb must be >= 0, got {self.cache_mb}")
         if not self.data_folders:
             raise UsageError("give at least one folder of training images")
-        degradation_by_name(self.degradation)
+        if self.degradation is not None:
+            degradation_by_name(self.degradation)
+
+
+def resolve_degradation(opts: TrainOptions) -> TrainOptions:
+    """``opts`` with its degradation decided: as given, else the resumed run's, else the one ``--model`` is for.
+
+    So ``serpent train --model serpent-l-blind`` (fine-tuning the photo model on one's own pictures) learns the
+    blind family without being told, and ``--resume`` never switches a run to another degradation halfway.
+    """
+    stored = _stored_degradation(Path(opts.out)) if opts.resume else None
+    if opts.degradation is not None and stored is not None and opts.degradation != stored:
+        raise UsageError(f"{opts.out} trains under the {stored} degradation, not {opts.degradation}; "
+                         f"pass --degradation {stored} to resume it, or choose another --out")
+    return replace(opts, degradation=opts.degradation or stored or model_info(opts.model).degradation)
+
+
+def _stored_degradation(run_dir: Path) -> str | None:
+    """The degradation in a run folder's run.json (None when there is no readable one)."""
+    try:
+        value = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("degradation")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 @dataclass
@@ -466,6 +489,7 @@ def train(opts: TrainOptions, reporter: Reporter | None = None, warn: Any = None
     reporter = reporter or Reporter()
     warn = warn or (lambda _m: None)
     opts.check()
+    opts = resolve_degradation(opts)
     run_dir = Path(opts.out)
     device = resolve_device(opts.device)
     ctx = dist_util.init_distributed(device.type)
@@ -511,7 +535,7 @@ def _load_data(opts: TrainOptions, main: bool,
                say: Say) -> tuple[ImageFolderScan, RegionDegradation, list[EvalImage]]:
     """The training images (warning about skipped and small ones) and, on rank 0, the fixed validation set."""
     scan = scan_image_folders(opts.data_folders)
-    degradation = degradation_by_name(opts.degradation)
+    degradation = degradation_by_name(opts.degradation or "benchmark")  # decided by resolve_degradation
     if scan.skipped and main:
         names = ", ".join(p.name for p in scan.skipped[:5]) + (" ..." if len(scan.skipped) > 5 else "")
         say(f"skipped {len(scan.skipped)} file(s) in {scan.label} that are not readable images: {names}")
@@ -595,7 +619,8 @@ def _make_loader(opts: TrainOptions, scan: ImageFolderScan, degradation: RegionD
 
 def _weights_metadata(opts: TrainOptions, train_data: str) -> dict[str, str]:
     """What every saved weights file says about its training (the step is filled in at each save)."""
-    meta = {"trained_steps": "0", "train_data": train_data, "crop": str(opts.crop), "degradation": opts.degradation}
+    meta = {"trained_steps": "0", "train_data": train_data, "crop": str(opts.crop),
+            "degradation": opts.degradation or "benchmark"}
     if opts.init:
         meta["init"] = Path(opts.init).name
     return meta
@@ -658,7 +683,8 @@ class _Run:
     def start_note(self, n_images: int) -> str:
         """The line that opens the progress display: what trains on what, for how long, where."""
         opts, plan = self.opts, self.plan
-        return (f"{opts.model}: {n_images} images, crop {opts.crop}, batch {opts.batch_size}x{self.ctx.world_size}, "
+        return (f"{opts.model}: {n_images} images, {opts.degradation} degradation, crop {opts.crop}, "
+                f"batch {opts.batch_size}x{self.ctx.world_size}, "
                 f"lr {plan.lr:g} ({opts.lr_schedule}, warm-up {plan.warmup}), {plan.total} steps "
                 f"({plan.total / plan.steps_per_epoch:.3g} epochs) on {self.device}"
                 + (", bf16 autocast" if self.autocast_dtype is not None else "")

@@ -51,6 +51,11 @@ def test_models_json_says_where_each_model_is(
     assert rows["serpent-h"]["status"] == "remote" and rows["serpent-h"]["path"] is None
     assert rows["mine"]["status"] == "unavailable" and rows["mine"]["published"] is False
     assert rows["serpent-l"]["url"] == f"{hub.url}/serpent-test/models-l"
+    # What deblur uses without --model (the first of the default order found here), and what each is for.
+    assert [name for name, row in rows.items() if row["default"]] == ["serpent-l"]
+    assert rows["serpent-l"]["trained_for"] == "the benchmark blur (Gaussian sigma 3 + noise 0.05)"
+    assert rows["serpent-l-blind"]["trained_for"].startswith("everyday photos")
+    assert rows["mine"]["trained_for"] is None
     hub.reset_log()
     table = run(serpent_cmd, dict(hub_env, COLUMNS="200"), "models")
     assert table.returncode == 0, table.stderr
@@ -96,12 +101,29 @@ def test_export_writes_a_hub_ready_folder(
     assert "| faces-test-256 | 28.4100 | 0.8123 |" in card
     assert "serpent download --repo-id alice/serpent-b" in card
     assert "Training data: my photos" in card
+    assert "blind/SET" not in card  # only a card with blind-family rows explains them
 
     # Without --overwrite an existing export is never replaced.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     again = run(serpent_cmd, hub_env, "export", str(weight_files.l_path), "-o", str(out))
     assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_export_of_the_photo_model_explains_its_blind_rows(
+    serpent_cmd: list[str], tmp_path: Path, hub_env: dict[str, str]
+) -> None:
+    from serpent_cli.hub.local import bundled_weights_dir
+    from serpent_cli.hub.registry import METRICS
+
+    out = tmp_path / "blind"
+    env = {k: v for k, v in hub_env.items() if k != "SERPENT_WEIGHTS_DIR"}  # the bundled, registered file
+    proc = run(serpent_cmd, env, "export", str(bundled_weights_dir() / "serpent-l-blind.safetensors"), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    card = (out / "README.md").read_text()
+    blind = METRICS["serpent-l-blind"]["blind/kodak24"]
+    assert f"| blind/kodak24 | {blind['psnr']:.4f} | {blind['ssim']:.4f} |" in card
+    assert "| kodak24 |" in card and "Sets named blind/SET: the blind family" in card
 
 
 def test_export_rejects_a_pickle_without_writing(

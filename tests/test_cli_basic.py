@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from serpent_cli import __version__
 
@@ -33,6 +34,24 @@ def test_unknown_option_is_usage_error(serpent_cmd: list[str]) -> None:
 
 
 COMMANDS = ["deblur", "degrade", "train", "eval", "bench", "download", "models", "export"]
+
+
+def test_quiet_and_verbose_work_before_or_after_the_subcommand(serpent_cmd: list[str], data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """`serpent -q degrade ...` and `serpent degrade ... -q` alike: a user puts flags where they think of them."""
+    photo = str(data_dir / "kodak24" / "kodim03.png")
+
+    def degrade(before: list[str], after: list[str]) -> subprocess.CompletedProcess[str]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}.png"
+        return subprocess.run([*serpent_cmd, *before, "degrade", photo, "-o", str(out), *after],
+                              capture_output=True, text=True, timeout=120)
+
+    loud, before, after = degrade([], []), degrade(["-q"], []), degrade([], ["--quiet"])
+    assert all(proc.returncode == 0 for proc in (loud, before, after)), (loud.stderr, before.stderr, after.stderr)
+    assert "degraded 1 image" in loud.stderr and before.stderr == "" and after.stderr == ""
+    for command in COMMANDS:
+        help_text = subprocess.run([*serpent_cmd, command, "--help"], capture_output=True, text=True).stdout
+        assert "--quiet" in help_text and "--verbose" in help_text, command
 
 
 def test_help_paragraphs_are_not_split_mid_sentence(serpent_cmd: list[str]) -> None:

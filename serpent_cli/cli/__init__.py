@@ -6,6 +6,7 @@ modules (imageio, tiling, training, evaluation, benchmark, hub, ...).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Callable
@@ -35,16 +36,38 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and warnings on stderr.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")]
+
+
 @app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and warnings on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     verbosity.quiet = quiet
     verbosity.verbose = verbose
+
+
+def _with_verbosity(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` taking -q / -v after its name too (``serpent deblur x.png -q``), as well as before it."""
+    signature = inspect.signature(command, eval_str=True)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=kind)
+             for name, kind in (("quiet", QuietOption), ("verbose", VerboseOption))]
+
+    @functools.wraps(command)
+    def run(*args: object, quiet: bool = False, verbose: bool = False, **kwargs: object) -> None:
+        verbosity.quiet = verbosity.quiet or quiet
+        verbosity.verbose = verbosity.verbose or verbose
+        command(*args, **kwargs)
+
+    parameters = [*signature.parameters.values(), *extra]
+    run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run
 
 
 def _help_text(command: Callable[..., None]) -> str:
@@ -67,7 +90,7 @@ for _name, _command in (
     ("models", models.models_command),
     ("export", export.export_command),
 ):
-    app.command(_name, help=_help_text(_command))(_command)
+    app.command(_name, help=_help_text(_command))(_with_verbosity(_command))
 
 
 def main() -> None:

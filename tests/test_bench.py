@@ -152,6 +152,25 @@ def test_out_of_memory_is_a_cell(serpent_cmd: list[str], tmp_path: Path) -> None
     assert all(r["gflops"] > 0 for r in rows)  # FLOPs are still there
 
 
+@pytest.mark.parametrize("message", ["error return without exception set",
+                                     "<function forward at 0x7f> returned NULL without setting an exception"])
+def test_a_native_allocation_failure_under_the_cap_is_an_oom_cell(monkeypatch: pytest.MonkeyPatch,
+                                                                  message: str) -> None:
+    """Under --memory-limit, compiled code that runs out of address space returns NULL without an exception
+    (seen in CI: the cell read "error: SystemError ..."); that is the model not fitting. Without a cap it stays an
+    error, so a real bug is never hidden as OOM."""
+    from serpent_cli.bench import runner
+
+    def fails(spec: runner.MeasureSpec, device: object) -> list[float]:
+        raise SystemError(message)
+
+    monkeypatch.setattr(runner, "_run_spec", fails)
+    capped = runner.measure_here(runner.MeasureSpec("serpent-b", 64, "infer", memory_limit_mib=40))
+    uncapped = runner.measure_here(runner.MeasureSpec("serpent-b", 64, "infer"))
+    assert capped.status == "oom"
+    assert uncapped.status == "error" and "SystemError" in (uncapped.error or "")
+
+
 def test_load_shows_a_saved_run(serpent_cmd: list[str], timed_run: tuple[dict, Path, Path, str]) -> None:
     """--load renders a saved JSON (how a GPU run's file is shown and plotted elsewhere)."""
     _result, _png, js, _stderr = timed_run

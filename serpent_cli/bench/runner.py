@@ -163,6 +163,17 @@ def _run_spec(spec: MeasureSpec, device: torch.device) -> list[float]:
         return time_calls(call, device, spec.warmup, spec.repeats, spec.budget_s)
 
 
+def failed_allocation_under_cap(exc: BaseException) -> bool:
+    """A native call that returned NULL without setting an exception: under the address-space cap, how an
+    allocation failing inside compiled code (numba / LLVM loading a cached kernel, a thread pool) surfaces.
+
+    Seen in `serpent bench --memory-limit` children: "SystemError: error return without exception set", where
+    torch's own allocator would have said "not enough memory"; both mean the model does not fit the cap.
+    """
+    text = str(exc)
+    return isinstance(exc, SystemError) and ("without exception set" in text or "without setting an exception" in text)
+
+
 def measure_here(spec: MeasureSpec) -> Measurement:
     """Run one measurement in this process (GPU path, and the CPU child's body)."""
     device = torch.device(spec.device)
@@ -178,7 +189,7 @@ def measure_here(spec: MeasureSpec) -> Measurement:
     try:
         times = _run_spec(spec, device)
     except Exception as exc:
-        if is_oom(exc):
+        if is_oom(exc) or (spec.memory_limit_mib > 0 and failed_allocation_under_cap(exc)):
             return Measurement("oom")
         return Measurement("error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     finally:

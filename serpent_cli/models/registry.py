@@ -199,7 +199,7 @@ _register_serpent("serpent-h", 1, "Serpent, patch 1",
                   "ca6cb93154908513000c770dbb71122e864c92da41658abfe79b6b4914681976", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
-                  "a2d88a4c9a7298b4cd9327a08a92b62a73f334583a2efc68064e95ab5a72ee1c", rank=None, in_bench=False,
+                  "6074e9f10c812701c8be346e28c531b4b0f677abbf39b4765d7291c15d4a9d0e", rank=None, in_bench=False,
                   degradation="blind")
 for _width in (32, 64, 128):
     register_model(f"unet-{_width}", _unet(_width), family="unet", description=f"U-Net, {_width} channels",

@@ -1,4 +1,4 @@
-"""`serpent models`: the registered weights and where each one is (bundled, cached, remote, unavailable)."""
+"""`serpent models`: the registered models, what each is for, and where its weights are (bundled, cached, ...)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ _STATUS_STYLE = {"bundled": "green", "cached": "green", "remote": "cyan", "unava
 def models_command(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (for scripts).")] = False,
 ) -> None:
-    """List the registered models and where their weights are.
+    """List the registered models: what each is for, which one deblur uses by default, and where the weights are.
 
-    For each: Hub repo and pinned revision, sha256, and whether the weights are bundled in weights/,
-    in the Hub cache, only remote, or not available yet.
+    For each: what it was trained to undo, its evaluation, Hub repo and pinned revision, sha256, and whether
+    the weights are bundled in weights/, in the Hub cache, only remote, or not available yet.
     """
     rows = model_status()
     if json_out:

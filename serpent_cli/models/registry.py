@@ -196,7 +196,7 @@ _register_serpent("serpent-b", 4, "Serpent, patch 4",
 _register_serpent("serpent-l", 2, "Serpent, patch 2",
                   "a8a964d1a8a3390bd67f3b4812f20c8fbef3e2ea0ac2d71e42c8b4863c2ff5a5", rank=0)
 _register_serpent("serpent-h", 1, "Serpent, patch 1",
-                  "ca6cb93154908513000c770dbb71122e864c92da41658abfe79b6b4914681976", rank=2)
+                  "40116ec29a447ce2bb0fcac694424fb93ae6537f2b15b098570f8713b377ef9f", rank=2)
 # serpent-l's architecture, trained on the blind degradation family (real photos), not the benchmark.
 _register_serpent("serpent-l-blind", 2, "Serpent, patch 2, trained on the blind family",
                   "6074e9f10c812701c8be346e28c531b4b0f677abbf39b4765d7291c15d4a9d0e", rank=None, in_bench=False,

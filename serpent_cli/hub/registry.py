@@ -31,7 +31,7 @@ from typing import Any
 
 from serpent_cli.errors import UsageError
 from serpent_cli.hub.local import bundled_weights_dir, read_json_file, sha256_file
-from serpent_cli.models.registry import shipped_models
+from serpent_cli.models.registry import model_info, shipped_models
 
 REGISTRY_ENV = "SERPENT_REGISTRY"
 HUB_FILENAME = "model.safetensors"
@@ -126,7 +126,7 @@ class RegistryEntry:
 
 def _description(name: str) -> str:
     size = name.split("-")[1].upper()
-    if name.endswith("-blind"):
+    if model_info(name).degradation == "blind":
         return f"Serpent {size} for real photos: trained on the blind degradation family (blur kinds, noise, JPEG)."
     return f"Serpent {size} deblurring network, trained on the paper's benchmark degradation (DESIGN.md section 2)."
 
